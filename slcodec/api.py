@@ -1,0 +1,319 @@
+"""The Python API: :func:`encode` labels into a ``.vqsl`` file and :func:`open` one for decoding."""
+from __future__ import annotations
+
+import builtins
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from . import __version__
+from .codecs.base import Context, get_codec_class
+from .container import DEFAULT_CHUNK_ROWS, Container, ContainerWriter, StreamBuilder
+from .errors import ConfigError, FormatError, SlcodecError
+from .inputs import LabelSource, as_source
+
+#: codecs tried in this order when none is named
+DEFAULT_CODECS = ("vq", "fp16")
+#: rows handed to a codec's fit() at most (evenly spaced over the set); a codec may sample further
+FIT_ROWS_MAX_BYTES = 1 << 31
+DECODED_KINDS = ("probs", "logits", "log_probs")
+
+
+def default_codec() -> str:
+    from .codecs.base import codec_ids
+    known = codec_ids()
+    return next(c for c in DEFAULT_CODECS if c in known)
+
+
+def _fit_rows(rows: np.ndarray) -> np.ndarray:
+    n, c = rows.shape
+    limit = max(1, FIT_ROWS_MAX_BYTES // (4 * c))
+    if n <= limit:
+        return np.asarray(rows, dtype=np.float32)
+    pick = np.linspace(0, n - 1, limit).round().astype(np.int64)
+    return np.asarray(rows[pick], dtype=np.float32)
+
+
+def _stream_chunk_rows(dtype: str, width: int) -> int:
+    # Index streams: 4096 rows a chunk (small enough for random access, large enough for zstd).
+    # Wide value streams: about 1 MiB a chunk.
+    row_bytes = np.dtype(dtype).itemsize * width
+    if row_bytes * DEFAULT_CHUNK_ROWS <= (1 << 20):
+        return DEFAULT_CHUNK_ROWS
+    return max(16, 1 << int(math.log2(max(1, (1 << 20) // row_bytes))))
+
+
+def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "auto", device: str = "cpu",
+           seed: int = 0, provenance: dict | None = None, augment: dict | None = None,
+           batch_size: int = 65536, progress=None, log=None, **codec_config):
+    """Fit ``codec`` on ``labels`` and write a container.
+
+    ``labels``: a :class:`~slcodec.inputs.LabelSource`, a numpy array or a torch tensor of
+    shape ``[N, C]`` or ``[images, augmentations, C]``.  With ``path`` the file is written
+    atomically and the path returned; without it the container's bytes are returned.
+    Codec options are keyword arguments (``k=5`` for ``topk``, ``bits=40`` for ``vq`` ...).
+    """
+    import torch
+
+    src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
+    codec_id = codec or default_codec()
+    codec_obj = get_codec_class(codec_id)(**codec_config)
+    device = resolve_device(device)
+    ctx = Context(source_kind=src.kind, classes=src.classes, device=device, seed=seed, progress=progress, log=log)
+    rows = src.rows()
+    n = rows.shape[0]
+    if batch_size < 1:
+        raise ConfigError("batch_size must be positive")
+
+    if path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "labels.vqsl")
+            encode(src, out, codec=codec_id, device=device, seed=seed, provenance=provenance, augment=augment,
+                   batch_size=batch_size, progress=progress, log=log, **codec_config)
+            with builtins.open(out, "rb") as f:
+                return f.read()
+
+    t0 = time.perf_counter()
+    codec_obj.fit(torch.from_numpy(_fit_rows(rows)), ctx)
+    t_fit = time.perf_counter() - t0
+    specs = codec_obj.stream_specs(src.classes)
+    builders = {name: StreamBuilder(dtype, width, chunk_rows=_stream_chunk_rows(dtype, width))
+                for name, (dtype, width) in specs.items()}
+    with ContainerWriter(path) as writer:
+        for name, arr in codec_obj.get_params().items():
+            writer.add_array("params/" + name, arr)
+        t1 = time.perf_counter()
+        for start in range(0, n, batch_size):
+            block = torch.from_numpy(np.asarray(rows[start:start + batch_size], dtype=np.float32))
+            streams = codec_obj.encode(block, ctx)
+            if set(streams) != set(specs):
+                raise RuntimeError(f"codec {codec_id} returned streams {sorted(streams)}, declared {sorted(specs)}")
+            for name, arr in streams.items():
+                builders[name].append(arr)
+            if progress is not None:
+                progress(min(n, start + batch_size), n, "encode")
+        t_assign = time.perf_counter() - t1
+        writer.add_msgpack("augment", augment or {"mode": "none"})
+        prov = {"created_by": f"slcodec {__version__}", "source": os.path.basename(src.path),
+                "source_shape": list(src.shape), "source_dtype": str(src.array.dtype),
+                "input_kind_reason": src.kind_reason}
+        prov.update(provenance or {})
+        writer.add_msgpack("provenance", prov)
+        for name, builder in builders.items():
+            writer.add_stream("streams/" + name, builder)
+        info = dict(codec_obj.fit_info)
+        info.update({"fit_seconds": round(t_fit, 3), "encode_seconds": round(t_assign, 3), "device": device})
+        temps = codec_obj.config.get("temperature", [1.0])
+        header = {
+            "labels": {"count": n, "shape": list(src.shape), "classes": src.classes, "source_kind": src.kind,
+                       "source_dtype": str(src.array.dtype),
+                       "temperatures": [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]},
+            "codec": {"id": codec_id, "config": codec_obj.get_config(), "info": info},
+            "created_by": f"slcodec {__version__}",
+        }
+        writer.commit(header)
+    return path
+
+
+def resolve_device(device) -> str:
+    import torch
+    device = str(device or "cpu")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    return device
+
+
+def open(path) -> "Reader":  # noqa: A001 - mirrors the built-in, as gzip.open does
+    """Open a ``.vqsl`` file for decoding (memory-mapped; nothing is decoded until asked)."""
+    return Reader(path)
+
+
+class Reader:
+    """Random access to the labels of a ``.vqsl`` file.
+
+    ``reader.decode(index)`` takes an int, a slice, an array of flat label indices, or for
+    ``[images, augmentations, C]`` sets a tuple ``(image, augmentation)`` of ints, slices or
+    arrays; ``None`` decodes everything in the input's original shape.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.container = c = Container.open(self.path)
+        try:
+            self._setup()
+        except BaseException:
+            c.close()
+            raise
+
+    def _setup(self):
+        c = self.container
+        h = c.header
+        lab = h["labels"]
+        self.shape = tuple(lab["shape"])
+        self.classes = lab["classes"]
+        self.source_kind = lab["source_kind"]
+        self.temperatures = list(lab.get("temperatures", [1.0]))
+        if self.shape[-1] != self.classes:
+            raise FormatError(f"{self.path}: label shape {list(self.shape)} does not end in {self.classes} classes",
+                              rule="labels")
+        if math.prod(self.shape[:-1]) != lab["count"]:
+            raise FormatError(f"{self.path}: label shape {list(self.shape)} does not hold {lab['count']} labels",
+                              rule="labels")
+        self.count = lab["count"]
+        self.codec_id = h["codec"]["id"]
+        try:
+            self.codec = get_codec_class(self.codec_id).from_config(h["codec"]["config"])
+        except ConfigError as exc:
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
+        except TypeError as exc:
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: bad config ({exc})", rule="codec") from None
+        params = {name[len("params/"):]: c.read_array(name) for name in c.sections if name.startswith("params/")}
+        ctx = self._ctx("cpu")
+        try:
+            self.codec.set_params(params, ctx)
+            specs = self.codec.stream_specs(self.classes)
+        except ConfigError as exc:
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
+        except FormatError as exc:
+            raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
+        present = {name[len("streams/"):] for name in c.sections if name.startswith("streams/")}
+        if present != set(specs):
+            raise FormatError(f"{self.path}: codec {self.codec_id!r} needs streams {sorted(specs)}, "
+                              f"file has {sorted(present)}", rule="codec-streams")
+        self.streams = {}
+        for name, (dtype, width) in specs.items():
+            s = c.stream("streams/" + name)
+            if s.dtype.name != dtype or s.width != width or s.rows != self.count:
+                raise FormatError(f"{self.path}: stream {name!r} is {s.rows}x{s.width} {s.dtype.name}, "
+                                  f"expected {self.count}x{width} {dtype}", rule="codec-streams")
+            self.streams[name] = s
+        self.decoded_kind = self.codec.decoded_kind(self.source_kind)
+
+    def _ctx(self, device):
+        return Context(source_kind=self.source_kind, classes=self.classes, device=device)
+
+    # -- basic facts ------------------------------------------------------
+    def __len__(self):
+        return self.count
+
+    @property
+    def header(self):
+        return self.container.header
+
+    def close(self):
+        self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<slcodec.Reader {self.path!r} codec={self.codec_id} shape={list(self.shape)}>"
+
+    # -- indexing ---------------------------------------------------------
+    def flat_indices(self, index) -> tuple[np.ndarray, tuple]:
+        """Flat label indices for ``index`` and the leading shape of the result."""
+        if index is None:
+            return np.arange(self.count, dtype=np.int64), self.shape[:-1]
+        if isinstance(index, tuple):
+            if len(self.shape) != 3 or len(index) != 2:
+                raise IndexError(f"a tuple index needs a [images, augmentations, C] set and 2 entries; "
+                                 f"this set is {list(self.shape)}")
+            img, img_slice = self._axis(index[0], self.shape[0], "image")
+            aug, aug_slice = self._axis(index[1], self.shape[1], "augmentation")
+            if img_slice or aug_slice:  # slices combine as an outer product, like numpy's basic indexing
+                img = img.reshape(img.shape + (1,) * aug.ndim)
+            flat = img * self.shape[1] + aug
+            return flat.reshape(-1), flat.shape
+        arr, _ = self._axis(index, self.count, "label")
+        return arr.reshape(-1), arr.shape
+
+    @staticmethod
+    def _axis(index, size, what):
+        """Index along one axis -> (int64 array, whether it came from a slice)."""
+        if isinstance(index, slice):
+            return np.arange(size, dtype=np.int64)[index], True
+        try:
+            import torch
+            if isinstance(index, torch.Tensor):
+                index = index.cpu().numpy()
+        except ImportError:
+            pass
+        arr = np.asarray(index)
+        if arr.dtype == bool or arr.dtype.kind not in "iu":
+            raise IndexError(f"{what} index must be integers or a slice, got {arr.dtype}")
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < -size or arr.max() >= size):
+            raise IndexError(f"{what} index out of range for {size} {what}s")
+        return np.where(arr < 0, arr + size, arr), False
+
+    # -- decoding ---------------------------------------------------------
+    def read_streams(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw stream rows of the given flat label indices (numpy, no torch needed)."""
+        if flat.size and np.all(np.diff(flat) == 1):
+            lo, hi = int(flat[0]), int(flat[-1]) + 1
+            return {name: s.read_rows(lo, hi) for name, s in self.streams.items()}
+        return {name: s.take(flat) for name, s in self.streams.items()}
+
+    def decode(self, index=None, *, device="cpu", as_: str = "probs", temperature: float | None = None,
+               batch_size: int = 65536):
+        """Decode labels to a float32 torch tensor on ``device``.
+
+        ``as_``: ``"probs"`` (softmax at ``temperature``), ``"log_probs"`` (log-softmax at
+        ``temperature``) or ``"logits"`` (unscaled; ``temperature`` must be left unset).
+        """
+        import torch
+
+        if as_ not in DECODED_KINDS:
+            raise ConfigError(f"as_ must be one of {', '.join(DECODED_KINDS)}, got {as_!r}")
+        if as_ == "logits" and temperature not in (None, 1, 1.0):
+            raise ConfigError("a temperature applies to probs or log_probs, not to raw logits")
+        t = 1.0 if temperature is None else float(temperature)
+        if not (t > 0 and math.isfinite(t)):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        device = resolve_device(device)
+        flat, lead = self.flat_indices(index)
+        ctx = self._ctx(device)
+        out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)
+        for start in range(0, flat.size, batch_size):
+            rows = flat[start:start + batch_size]
+            streams = {name: _to_torch(arr, device) for name, arr in self.read_streams(rows).items()}
+            values = self.codec.decode(streams, ctx)
+            out[start:start + rows.size] = _convert(values, self.decoded_kind, as_, t)
+        if isinstance(index, (int, np.integer)):
+            return out[0]
+        return out.reshape(*lead, self.classes)
+
+
+def _to_torch(arr: np.ndarray, device: str):
+    import torch
+    if arr.dtype in (np.uint16, np.uint32, np.uint64):
+        arr = arr.astype(np.int64)  # torch's unsigned types beyond uint8 support few ops
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device, non_blocking=True)
+
+
+def _convert(values, kind: str, as_: str, t: float):
+    import torch
+    if kind == "probs":
+        if as_ == "probs" and t == 1.0:
+            return values
+        logits = torch.log(values.clamp_min(torch.finfo(torch.float32).tiny))
+    else:
+        logits = values
+    if as_ == "logits":
+        return logits
+    if as_ == "log_probs":
+        return torch.log_softmax(logits / t, dim=1)
+    return torch.softmax(logits / t, dim=1)
+
+
+__all__ = ["encode", "open", "Reader", "SlcodecError"]

@@ -1,0 +1,147 @@
+"""The codec interface and the registry of codecs.
+
+A codec turns a block of labels ``[n, C]`` into
+
+* *parameters*: named numpy arrays shared by every label (codebooks, decoder
+  weights), fitted once and stored as array sections - the fixed part of a file;
+* *streams*: named 2-D numpy arrays ``[n, width]`` whose row ``i`` belongs to
+  label ``i`` - the marginal part, stored chunked so any row range decodes alone.
+
+Encoding is split into ``fit`` (on a sample, may be a no-op) and ``encode``
+(any number of batches, each independent), so a streaming writer can fit once
+and encode batches as a teacher produces them.  ``decode`` maps stream rows back
+to labels on any torch device.  ``get_config``/``from_config`` round-trip the
+JSON/msgpack-able configuration stored in the container header.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+
+SOURCE_KINDS = ("logits", "probs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One codec option: a keyword of the codec's config and a CLI flag (``--name-with-dashes``)."""
+
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    nargs: str | None = None
+    choices: tuple | None = None
+
+
+@dataclasses.dataclass
+class Context:
+    """What a codec needs to know beside the labels themselves."""
+
+    source_kind: str = "logits"       # what the label values are: "logits" or "probs"
+    classes: int = 0
+    device: str = "cpu"                # torch device for fitting / encoding / decoding
+    seed: int = 0
+    progress: Callable[[int, int, str], None] | None = None  # progress(done, total, what)
+    log: Callable[[str], None] | None = None
+
+
+class Codec(ABC):
+    """Abstract codec.  Subclasses set ``codec_id`` and ``options`` and register themselves."""
+
+    codec_id: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+    #: True when decode(encode(x)) == x exactly for inputs representable in the stored dtype
+    lossless: ClassVar[bool] = False
+
+    def __init__(self, **config):
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ConfigError(f"codec {self.codec_id!r} has no option {unknown[0]!r} "
+                              f"(options: {', '.join(known) or 'none'})")
+        self.config = {name: config.get(name, opt.default) for name, opt in known.items()}
+        self.validate_config()
+        self.fit_info: dict = {}
+
+    # -- configuration ---------------------------------------------------
+    def validate_config(self) -> None:
+        """Raise ConfigError on a bad option value."""
+
+    def get_config(self) -> dict:
+        return dict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Codec":
+        return cls(**config)
+
+    # -- parameters (the fixed part) --------------------------------------
+    def fit(self, labels, ctx: Context) -> None:
+        """Fit parameters on a sample ``labels`` (torch float32 ``[n, C]``).  Default: nothing to fit."""
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def set_params(self, params: dict[str, np.ndarray], ctx: Context) -> None:
+        """Load parameters read from a container; raise FormatError if they are inconsistent."""
+        if params:
+            from ..errors import FormatError
+            raise FormatError(f"codec {self.codec_id!r} takes no parameters, file has {sorted(params)}",
+                              rule="codec-params")
+
+    # -- labels <-> streams -----------------------------------------------
+    @abstractmethod
+    def encode(self, labels, ctx: Context) -> dict[str, np.ndarray]:
+        """Encode torch float32 ``[n, C]`` labels (values of kind ``ctx.source_kind``) to streams."""
+
+    @abstractmethod
+    def decode(self, streams: dict, ctx: Context):
+        """Decode torch tensors (stream rows, on ``ctx.device``) to float32 ``[n, C]`` on that device.
+
+        The values are of kind :meth:`decoded_kind`.
+        """
+
+    def decoded_kind(self, source_kind: str) -> str:
+        """What ``decode`` returns: ``"logits"`` (log-space, any per-row offset) or ``"probs"``."""
+        return source_kind
+
+    def stream_specs(self, classes: int) -> dict[str, tuple[str, int]]:
+        """Expected ``{stream name: (dtype, width)}``; the reader checks files against it."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register(cls: type[Codec]) -> type[Codec]:
+    if cls.codec_id in _REGISTRY:
+        raise RuntimeError(f"codec id {cls.codec_id!r} registered twice")
+    _REGISTRY[cls.codec_id] = cls
+    return cls
+
+
+def get_codec_class(codec_id: str) -> type[Codec]:
+    _load_builtin()
+    try:
+        return _REGISTRY[codec_id]
+    except KeyError:
+        raise ConfigError(f"unknown codec {codec_id!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def codec_ids() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that the container layer (and `slcodec stats`) never needs torch.
+    import importlib
+    import importlib.util
+
+    for name in ("raw", "topk", "vq"):
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}")

@@ -1,0 +1,41 @@
+"""``fp32`` and ``fp16``: the label values as they are (logits or probabilities)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Codec, register
+
+
+class _RawCodec(Codec):
+    lossless = True
+    dtype: np.dtype
+
+    def encode(self, labels, ctx):
+        values = labels.detach().to("cpu", torch.float32).numpy().astype(self.dtype)
+        if not np.isfinite(values).all():
+            raise ConfigError(f"labels exceed the {self.dtype.name} range; use a wider codec (fp32)")
+        return {"values": values}
+
+    def decode(self, streams, ctx):
+        return streams["values"].to(ctx.device, torch.float32)
+
+    def stream_specs(self, classes):
+        return {"values": (self.dtype.name, classes)}
+
+
+@register
+class FP32(_RawCodec):
+    """FP32 copy of the labels: lossless for FP32 (and FP16) sources."""
+
+    codec_id = "fp32"
+    dtype = np.dtype(np.float32)
+
+
+@register
+class FP16(_RawCodec):
+    """FP16 copy of the labels: lossless with respect to an FP16 source."""
+
+    codec_id = "fp16"
+    dtype = np.dtype(np.float16)

@@ -1,0 +1,59 @@
+"""``topk``: FKD-style storage - the k most probable class ids and their FP16 probabilities.
+
+Decoding puts the stored probabilities back at their classes and spreads the left-over
+mass ``max(0, 1 - sum(top-k values))`` evenly over the other ``C - k`` classes, as FKD
+does.  Probabilities are taken at temperature 1 (softmax of the logits).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, FormatError
+from .base import Codec, Option, register
+
+
+@register
+class TopK(Codec):
+    codec_id = "topk"
+    options = (Option("k", int, 5, "topk: number of classes kept per label (FKD uses 5)"),)
+
+    def validate_config(self):
+        if not isinstance(self.config["k"], int) or self.config["k"] < 1:
+            raise ConfigError(f"topk: k must be a positive integer, got {self.config['k']!r}")
+
+    def _k(self, classes):
+        k = self.config["k"]
+        if k > classes:
+            raise ConfigError(f"topk: k={k} exceeds the number of classes ({classes})")
+        return k
+
+    @staticmethod
+    def _id_dtype(classes):
+        return np.dtype(np.uint16) if classes <= 2**16 else np.dtype(np.uint32)
+
+    def encode(self, labels, ctx):
+        k = self._k(labels.shape[1])
+        labels = labels.detach().to(torch.float32)
+        probs = torch.softmax(labels, dim=1) if ctx.source_kind == "logits" else labels
+        values, ids = torch.topk(probs, k, dim=1, largest=True, sorted=True)
+        return {"ids": ids.cpu().numpy().astype(self._id_dtype(labels.shape[1])),
+                "values": values.cpu().numpy().astype(np.float16)}
+
+    def decode(self, streams, ctx):
+        ids = streams["ids"].to(ctx.device).long()
+        values = streams["values"].to(ctx.device, torch.float32)
+        classes, k = ctx.classes, ids.shape[1]
+        if ids.numel() and int(ids.max()) >= classes:
+            raise FormatError(f"topk: class id out of range (classes={classes})", rule="codec-streams")
+        rest = (1.0 - values.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(classes - k, 1)
+        probs = rest.expand(ids.shape[0], classes).clone()
+        probs.scatter_(1, ids, values)
+        return probs
+
+    def decoded_kind(self, source_kind):
+        return "probs"
+
+    def stream_specs(self, classes):
+        k = self._k(classes)
+        return {"ids": (self._id_dtype(classes).name, k), "values": ("float16", k)}

@@ -1,0 +1,29 @@
+"""Exceptions raised by slcodec.
+
+Every error a user can cause by handing us a bad file or a bad argument is a
+subclass of :class:`SlcodecError`; the CLI prints those as one line and exits 2
+(``verify`` exits 1 on a damaged container).
+"""
+
+
+class SlcodecError(Exception):
+    """Base class of every error slcodec raises on purpose."""
+
+
+class FormatError(SlcodecError):
+    """A ``.vqsl`` container (or a section of it) is malformed, damaged or unsupported.
+
+    ``rule`` names the MUST-reject rule of FORMAT.md that the file broke.
+    """
+
+    def __init__(self, message, rule="format"):
+        super().__init__(message)
+        self.rule = rule
+
+
+class InputError(SlcodecError):
+    """A label input file (``.pt``, ``.npy``, ``.npz``, ``.h5``) cannot be used."""
+
+
+class ConfigError(SlcodecError):
+    """A codec option or API argument is invalid."""
