@@ -1,0 +1,361 @@
+"""The ``slcodec`` command line: a thin shell over the Python API.
+
+Exit codes: 0 success; 1 ``verify`` found a damaged or invalid file; 2 bad input, bad
+arguments or an unreadable file (one line on stderr, no traceback); 3 an internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from . import __version__
+from .errors import FormatError, SlcodecError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+DEMO_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "lite0_8x64_fp16.npy")
+
+
+class UsageError(SlcodecError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every other bad input
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _progress_printer(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    state = {"t": 0.0}
+
+    def progress(done, total, what):
+        now = time.monotonic()
+        if done < total and now - state["t"] < 0.2:
+            return
+        state["t"] = now
+        width = 30
+        fill = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{what}: [{'#' * fill}{'.' * (width - fill)}] {done:,}/{total:,}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return progress
+
+
+# --------------------------------------------------------------------------- codec options
+def _codec_options():
+    from .codecs.base import codec_ids, get_codec_class
+    options = {}
+    for cid in codec_ids():
+        for opt in get_codec_class(cid).options:
+            options.setdefault(opt.name, (opt, []))[1].append(cid)
+    return options
+
+
+def _add_codec_options(parser):
+    group = parser.add_argument_group("codec options (each applies to the codecs named in its help)")
+    for name, (opt, owners) in sorted(_codec_options().items()):
+        kwargs = {"type": opt.type, "default": None, "dest": "codec_opt_" + name,
+                  "help": f"[{', '.join(owners)}] {opt.help} (default: {opt.default})"}
+        if opt.nargs:
+            kwargs["nargs"] = opt.nargs
+        if opt.choices:
+            kwargs["choices"] = opt.choices
+        group.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def _chosen_codec_options(args, codec_id):
+    from .codecs.base import get_codec_class
+    own = {o.name for o in get_codec_class(codec_id).options}
+    config = {}
+    for key, value in vars(args).items():
+        if key.startswith("codec_opt_") and value is not None:
+            name = key[len("codec_opt_"):]
+            if name not in own:
+                raise UsageError(f"--{name.replace('_', '-')} is not an option of codec {codec_id!r}")
+            config[name] = value
+    return config
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_encode(args):
+    from . import api
+    from .inputs import load_labels
+
+    _check_output(args.output)
+    src = load_labels(args.input, args.input_kind)
+    codec_id = args.codec or api.default_codec()
+    config = _chosen_codec_options(args, codec_id)
+    if not args.quiet:
+        print(f"input: {src.path} {list(src.shape)} {src.array.dtype}, read as {src.kind.upper()} "
+              f"({src.kind_reason}; --input-kind to override)", file=sys.stderr)
+    t0 = time.perf_counter()
+    api.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
+               provenance={"teacher": args.teacher} if args.teacher else None,
+               progress=_progress_printer(args.quiet), **config)
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        from .container import Container
+        from .stats import file_stats
+        with Container.open(args.output) as c:
+            s = file_stats(c)
+        print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
+              f"({s['marginal_bits_per_label']:.2f} in label streams), {s['baselines']['fp16']['ratio']:.1f}x "
+              f"smaller than FP16, codec {codec_id}, {elapsed:.1f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_output(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: output is a folder")
+
+
+def cmd_decode(args):
+    import numpy as np
+
+    from . import api
+    _check_output(args.output)
+    fmt = args.format or {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}.get(os.path.splitext(args.output)[1].lower(), "pt")
+    with api.open(args.input) as reader:
+        values = reader.decode(None, device=args.device, as_=args.as_, temperature=args.temperature).cpu()
+    folder = os.path.dirname(os.path.abspath(args.output))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(args.output) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "pt":
+            import torch
+            torch.save(values, tmp)
+        elif fmt == "npy":
+            with open(tmp, "wb") as f:
+                np.save(f, values.numpy(), allow_pickle=False)
+        else:
+            import h5py
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset(args.as_, data=values.numpy())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, args.output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if not args.quiet:
+        print(f"wrote {args.output}: {list(values.shape)} {args.as_} ({fmt})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stats(args):
+    from .container import Container
+    from .stats import file_stats, format_stats
+    with Container.open(args.input) as c:
+        s = file_stats(c)
+    if args.reference:
+        from . import api
+        from .inputs import load_labels
+        from .metrics import reader_fidelity
+        ref = load_labels(args.reference, args.input_kind)
+        with api.open(args.input) as reader:
+            s["fidelity"] = reader_fidelity(reader, ref)
+    if args.json:
+        print(json.dumps(s, indent=2, sort_keys=True))
+    else:
+        print(format_stats(s))
+    return EXIT_OK
+
+
+def cmd_verify(args):
+    from .container import Container
+    status = EXIT_OK
+    for path in args.inputs:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such file")
+        try:
+            with Container.open(path) as c:
+                problems = c.verify()
+                if not problems and not args.structure_only:
+                    problems = _verify_codec(path)
+        except FormatError as exc:
+            problems = [str(exc)]
+        if problems:
+            status = EXIT_INVALID
+            for p in problems:
+                print(f"{path}: INVALID: {p}")
+        else:
+            print(f"{path}: OK")
+    return status
+
+
+def _verify_codec(path) -> list[str]:
+    # The codec-level rules (config, parameter shapes, stream shapes) need the codec code.
+    try:
+        from . import api
+    except ImportError:
+        return []
+    try:
+        with api.open(path):
+            return []
+    except FormatError as exc:
+        return [str(exc)]
+
+
+def cmd_info(args):
+    from .container import Container
+    with Container.open(args.input) as c:
+        info = {"format_version": f"{c.preamble.major}.{c.preamble.minor}",
+                "required_flags": c.preamble.required_flags, "optional_flags": c.preamble.optional_flags,
+                "header": c.header}
+        for name in ("augment", "provenance"):
+            if name in c.sections and c.sections[name]["kind"] == "msgpack":
+                info[name] = c.read_msgpack(name)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    h = info["header"]
+    print(f"{args.input}: .vqsl format {info['format_version']} "
+          f"(required flags 0x{info['required_flags']:08x}, optional 0x{info['optional_flags']:08x})")
+    print(f"labels: {h['labels']}")
+    print(f"codec:  {h['codec']['id']} config={h['codec']['config']}")
+    for key, value in sorted(h["codec"].get("info", {}).items()):
+        print(f"        {key}: {value}")
+    print("sections:")
+    for s in h["sections"]:
+        extra = {k: v for k, v in s.items() if k not in ("name", "kind", "offset", "length", "crc32")}
+        print(f"  {s['name']:<24} {s['kind']:<8} offset {s['offset']:>10} length {s['length']:>10} "
+              f"crc32 {s['crc32']:08x} {extra if extra else ''}")
+    for name in ("augment", "provenance"):
+        if name in info:
+            print(f"{name}: {info[name]}")
+    return EXIT_OK
+
+
+def cmd_demo(args):
+    """Encode the committed real-teacher fixture and report bits and fidelity."""
+    from . import api
+    from .inputs import load_labels
+    from .metrics import reader_fidelity
+    from .stats import file_stats, format_stats
+    from .container import Container
+
+    if not os.path.exists(DEMO_FIXTURE):
+        raise UsageError(f"{DEMO_FIXTURE}: demo fixture is missing from this installation")
+    out_dir = args.output_dir or tempfile.mkdtemp(prefix="slcodec-demo-")
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"{out_dir}: output folder does not exist")
+    src = load_labels(DEMO_FIXTURE)
+    print(f"demo: {src.count:,} real soft labels from EfficientNet-Lite0 (ImageNet, {src.classes} classes), "
+          f"shape {list(src.shape)}, read as {src.kind}")
+    codecs = args.codecs or [api.default_codec()]
+    for codec_id in codecs:
+        out = os.path.join(out_dir, f"lite0_8x64.{codec_id}.vqsl")
+        t0 = time.perf_counter()
+        api.encode(src, out, codec=codec_id, device=args.device, seed=0,
+                   provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)"},
+                   progress=_progress_printer(args.quiet))
+        elapsed = time.perf_counter() - t0
+        with Container.open(out) as c:
+            s = file_stats(c)
+        with api.open(out) as reader:
+            s["fidelity"] = reader_fidelity(reader, src, temperatures=sorted({1.0, 4.0, *reader.temperatures}))
+        print(f"\n== codec {codec_id}: encoded in {elapsed:.1f} s -> {out}")
+        print(format_stats(s))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser():
+    p = _Parser(prog="slcodec", description="Storage codec for the soft labels of dataset distillation.")
+    p.add_argument("--version", action="version", version=f"slcodec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    e = sub.add_parser("encode", help="fit a codec on labels and write a .vqsl file")
+    e.add_argument("input", help="labels: .pt, .npy, .npz or .h5 (file.h5:dataset), [N, C] or [images, augs, C]")
+    e.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
+    e.add_argument("--codec", default=None, help="codec id (default: vq when available, else fp16)")
+    e.add_argument("--input-kind", default="auto", choices=("auto", "logits", "probs"),
+                   help="whether the input holds logits or probabilities (default: detect, and say so)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    e.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
+    e.add_argument("--teacher", default=None, help="teacher name stored as provenance")
+    e.add_argument("-q", "--quiet", action="store_true")
+    _add_codec_options(e)
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="decode a .vqsl file to a label file")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True)
+    d.add_argument("--format", choices=("pt", "npy", "h5"), default=None, help="default: from the extension, else pt")
+    d.add_argument("--as", dest="as_", choices=("probs", "logits", "log_probs"), default="probs")
+    d.add_argument("--temperature", type=float, default=None, help="softmax temperature for probs/log_probs")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser("stats", help="exact bit accounting (and fidelity with --reference)")
+    s.add_argument("input")
+    s.add_argument("--json", action="store_true", help="stable JSON output (documented in FORMAT.md)")
+    s.add_argument("--reference", default=None, help="the original labels, to report KL, top-1 and top-5")
+    s.add_argument("--input-kind", default="auto", choices=("auto", "logits", "probs"))
+    s.set_defaults(func=cmd_stats)
+
+    v = sub.add_parser("verify", help="check checksums and structure (exit 0 valid, 1 invalid)")
+    v.add_argument("inputs", nargs="+")
+    v.add_argument("--structure-only", action="store_true", help="skip the codec-level checks (no torch)")
+    v.set_defaults(func=cmd_verify)
+
+    i = sub.add_parser("info", help="print the header")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("demo", help="encode the bundled real-teacher labels and report bits and fidelity")
+    m.add_argument("--output-dir", default=None)
+    m.add_argument("--codecs", nargs="+", default=None, help="codecs to run (default: the default codec)")
+    m.add_argument("--device", default="auto")
+    m.add_argument("-q", "--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except SlcodecError as exc:
+        print(f"slcodec: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as exc:
+        name = getattr(exc, "filename", None)
+        print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("slcodec: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("slcodec: error: out of memory", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # an internal bug: still one line, traceback only on request
+        if os.environ.get("SLCODEC_DEBUG"):
+            raise
+        print(f"slcodec: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set SLCODEC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

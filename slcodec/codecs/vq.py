@@ -1,0 +1,649 @@
+"""``vq``: a learned vector-quantized autoencoder for soft labels, with a guaranteed argmax.
+
+Streams (marginal part, one row per label)
+------------------------------------------
+* ``argmax`` ``[n, 1]`` (``uint16``; ``uint32`` when C > 65535): the teacher's top-1 class
+  ``c = argmax(label)`` (first maximum on ties).  Views of one image mostly share it, so
+  the container's chunked zstd coding makes it cost ~1-2 bits per label on real view sets.
+* ``codes`` ``[n, M]`` (``uint8`` when K <= 256, else ``uint16``): for each of the M latent
+  vectors of the encoder, the index of its nearest entry in its own codebook of K entries
+  (product quantization: the encoder output is split into M vectors of ``code_dim``).
+
+Parameters (fixed part, ``param_dtype``, float16 by default)
+-------------------------------------------------------------
+``codebooks [M, K, d]`` and a small decoder: ``h = GELU(concat_m codebook_m[i_m] @ w_in +
+class_emb[c] @ w_class + b_in)``, ``decoder_layers`` residual blocks ``h += GELU(h @ w_h + b_h)``,
+``logits = h @ w_out + b_out``.  Only what decoding needs is stored; the encoder lives in
+memory after :meth:`fit` (encode new batches with the object that was fitted).
+
+Decoded logits keep the argmax: after the network, ``logit[c]`` is raised to
+``max(logit[c], max_{j != c} logit[j] + margin)`` - so top-1 agreement is 100% by construction.
+
+Rate control
+------------
+``bits`` (B) is the *nominal marginal bits per label*: ``B = M * log2(K) + ARGMAX_BITS``, where
+``ARGMAX_BITS = 2`` is the budget reserved for the zstd-coded argmax stream.  From B the codec
+picks ``M = max(1, round((B - 2) / 8))`` and ``K = round(2 ** ((B - 2) / M))`` (so K <= 256
+and ``uint8`` codes whenever ``B - 2 <= 8 M``).  ``codes`` (M) and ``codebook_size`` (K)
+override either choice.  Default B = 48: M = 6, K = 203 (45.99 raw index bits).  The measured
+file cost is the zstd-coded size of both streams (see ``benchmarks/vq_eval.py``).
+
+Loss and temperatures
+---------------------
+Fitting minimises ``sum_T T^2 * KL(softmax(x / T) || softmax(decoded / T))`` over the
+``temperature`` list (default ``[1, 4]``).  The T^2 factor is the usual distillation
+scaling; it also equalises the default targets (0.08 at T=1 vs 0.005 * 16 at T=4).
+
+Fitting on large sets
+---------------------
+``fit`` uses at most ``fit_sample`` labels (default 100,000): when given more, it takes the
+rows ``sorted(randperm(n, generator=seed)[:fit_sample])``.  Training: ``warmup`` of the
+plain autoencoder, k-means initialisation of each codebook on encoder outputs, VQ training
+with straight-through gradients, EMA codebook updates and dead-code restarts (codes whose
+EMA usage falls below 1/(20K) are re-seeded from encoder outputs of the batch), then a
+``finetune`` phase with the indices frozen that refits decoder and stored codebook vectors
+(the encoder keeps the pre-finetune copy of the codebooks for its nearest-entry search).
+All randomness comes from a ``torch.Generator`` seeded with ``ctx.seed``; no global RNG.
+
+Large vocabularies: ``encoder_input="topk"`` (the default ``auto`` picks it when
+C > 4096) feeds the encoder an embedding-bag of the ``topk_input`` best classes weighted by
+their log-probability above the k-th, plus their sorted values, so no dense C x hidden
+matrix is multiplied per label.  The decoder's output layer is inherently ``hidden x C``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, FormatError
+from .base import Codec, Context, Option, register
+
+ARGMAX_BITS = 2.0          # nominal budget of the argmax stream inside `bits`
+LOG_CLAMP = 1e-30          # probs sources: log(max(p, LOG_CLAMP))
+LP_FLOOR = -60.0           # encoder input: log-probs clamped below at this value
+DENSE_MAX_CLASSES = 4096   # encoder_input="auto": dense first layer up to this many classes
+
+
+def _opt_int(s):
+    return None if s in (None, "", "auto", "none", "None") else int(s)
+
+
+def _bool(s):
+    if isinstance(s, bool):
+        return s
+    return str(s).lower() in ("1", "true", "yes", "on")
+
+
+def rate_for_bits(bits: float, codes=None, codebook_size=None) -> tuple[int, int]:
+    """(M, K) for a nominal target of ``bits`` marginal bits per label (see module docstring)."""
+    idx_bits = max(1.0, float(bits) - ARGMAX_BITS)
+    if codes is None and codebook_size is None:
+        m = max(1, round(idx_bits / 8.0))
+        k = round(2.0 ** (idx_bits / m))
+    elif codes is None:
+        m = max(1, round(idx_bits / math.log2(codebook_size)))
+        k = codebook_size
+    elif codebook_size is None:
+        m = codes
+        k = round(2.0 ** (idx_bits / m))
+    else:
+        m, k = codes, codebook_size
+    return int(m), int(min(max(k, 2), 65536))
+
+
+def nominal_bits(m: int, k: int) -> float:
+    return m * math.log2(k) + ARGMAX_BITS
+
+
+def _gelu(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _to_logits(labels, source_kind):
+    x = labels.float()
+    if source_kind == "probs":
+        x = torch.log(torch.clamp(x, min=LOG_CLAMP))
+    elif source_kind != "logits":
+        raise ConfigError(f"vq: unknown source kind {source_kind!r}")
+    return x
+
+
+def guarantee_argmax(z: torch.Tensor, c: torch.Tensor, margin: float) -> torch.Tensor:
+    """Return z with ``z[i, c_i] > max_{j != c_i} z[i, j]`` (by at least ``margin`` where representable)."""
+    c = c.long().view(-1, 1)
+    zc = z.gather(1, c)
+    others = z.scatter(1, c, float("-inf"))
+    mo = others.max(dim=1, keepdim=True).values
+    target = mo + margin
+    target = torch.where(target > mo, target, torch.nextafter(mo, torch.full_like(mo, float("inf"))))
+    return others.scatter(1, c, torch.maximum(zc, target))
+
+
+class _Encoder:
+    """In-memory encoder (never stored): label logits -> [n, M, d] latents."""
+
+    def __init__(self, C, M, d, hidden, mode, topk, g, device):
+        self.C, self.M, self.d, self.mode, self.topk = C, M, d, mode, min(topk, C)
+        H = hidden
+
+        def lin(i, o, gain=1.0):
+            w = torch.randn(i, o, generator=g, device=device) * (gain / math.sqrt(i))
+            return w.requires_grad_(), torch.zeros(o, device=device, requires_grad=True)
+
+        self.p = {}
+        if mode == "dense":
+            self.p["w0"], self.p["b0"] = lin(C, H)
+        else:
+            self.p["emb"] = (torch.randn(C, H, generator=g, device=device) * 0.1).requires_grad_()
+            self.p["wv"], self.p["b0"] = lin(self.topk, H)
+        self.p["w1"], self.p["b1"] = lin(H, H)
+        self.p["w2"], self.p["b2"] = lin(H, M * d)
+        self.mu = torch.zeros(C if mode == "dense" else self.topk, device=device)
+        self.sd = torch.ones_like(self.mu)
+
+    def features(self, x):
+        lp = torch.log_softmax(x, dim=1).clamp_(min=LP_FLOOR)
+        if self.mode == "dense":
+            return lp
+        vals, idx = torch.topk(lp, self.topk, dim=1)
+        return vals, idx
+
+    def set_norm(self, x):
+        f = self.features(x)
+        v = f if self.mode == "dense" else f[0]
+        self.mu = v.mean(0)
+        self.sd = v.std(0).clamp(min=1e-3) if v.shape[0] > 1 else torch.ones_like(self.mu)
+
+    def __call__(self, x):
+        p = self.p
+        f = self.features(x)
+        if self.mode == "dense":
+            h = ((f - self.mu) / self.sd) @ p["w0"] + p["b0"]
+        else:
+            vals, idx = f
+            w = vals - vals[:, -1:]
+            h = F.embedding_bag(idx, p["emb"], per_sample_weights=w, mode="sum")
+            h = h + ((vals - self.mu) / self.sd) @ p["wv"] + p["b0"]
+        h = _gelu(h)
+        h = h + _gelu(h @ p["w1"] + p["b1"])
+        z = h @ p["w2"] + p["b2"]
+        return z.view(-1, self.M, self.d)
+
+    def params(self):
+        return list(self.p.values())
+
+
+def _nearest(z, cb):
+    """z [n, M, d], cb [M, K, d] -> indices [n, M] (long) of the nearest entries (squared L2)."""
+    zt = z.transpose(0, 1)                                     # [M, n, d]
+    d2 = torch.baddbmm((cb * cb).sum(-1).unsqueeze(1), zt, cb.transpose(1, 2), alpha=-2.0)
+    return d2.argmin(dim=2).transpose(0, 1)                    # [n, M]
+
+
+def _lookup(cb, idx):
+    """cb [M, K, d], idx [n, M] -> [n, M, d]."""
+    M, K, _ = cb.shape
+    flat = cb.reshape(M * K, -1)
+    offs = torch.arange(M, device=idx.device) * K
+    return flat[idx.long() + offs]
+
+
+class _Decoder:
+    """The stored part: codebooks + decoder weights (trainable tensors in fp32 while fitting)."""
+
+    NAMES = ("codebooks", "w_in", "b_in", "class_emb", "w_class", "w_out", "b_out")
+
+    def __init__(self, tensors: dict):
+        self.t = tensors
+
+    @staticmethod
+    def shapes(C, M, K, d, H, dc, layers):
+        s = {"codebooks": (M, K, d), "w_in": (M * d, H), "b_in": (H,), "class_emb": (C, dc),
+             "w_class": (dc, H), "w_out": (H, C), "b_out": (C,)}
+        for i in range(layers):
+            s[f"w_h{i}"] = (H, H)
+            s[f"b_h{i}"] = (H,)
+        return s
+
+    @classmethod
+    def init(cls, C, M, K, d, H, dc, layers, g, device):
+        t = {}
+        for name, shp in cls.shapes(C, M, K, d, H, dc, layers).items():
+            if name.startswith("b_"):
+                v = torch.zeros(shp, device=device)
+            elif name == "codebooks":
+                v = torch.randn(shp, generator=g, device=device)
+            elif name == "class_emb":
+                v = torch.randn(shp, generator=g, device=device) * 0.5
+            else:
+                v = torch.randn(shp, generator=g, device=device) / math.sqrt(shp[0])
+                if name == "w_out":
+                    v = v * 0.5
+            t[name] = v.requires_grad_()
+        return cls(t)
+
+    def layers(self):
+        return sum(1 for k in self.t if k.startswith("w_h"))
+
+    def hidden_from_latent(self, q_flat, c):
+        t = self.t
+        h = q_flat @ t["w_in"] + t["class_emb"][c.long()] @ t["w_class"] + t["b_in"]
+        return self._tail(_gelu(h))
+
+    def _tail(self, h):
+        t = self.t
+        for i in range(self.layers()):
+            h = h + _gelu(h @ t[f"w_h{i}"] + t[f"b_h{i}"])
+        return h @ t["w_out"] + t["b_out"]
+
+
+class _FastDecoder:
+    """Inference-only decoder with the first layer fused into per-code tables (float32, one device)."""
+
+    def __init__(self, dec: _Decoder, device):
+        t = {k: v.detach().to(device=device, dtype=torch.float32) for k, v in dec.t.items()}
+        M, K, d = t["codebooks"].shape
+        w_in = t["w_in"].view(M, d, -1)
+        self.code_tab = torch.bmm(t["codebooks"], w_in).reshape(M * K, -1).contiguous()   # [M*K, H]
+        self.class_tab = (t["class_emb"] @ t["w_class"] + t["b_in"]).contiguous()         # [C, H]
+        self.M, self.K = M, K
+        self.offs = torch.arange(M, device=device) * K
+        self.hidden = [(t[f"w_h{i}"], t[f"b_h{i}"]) for i in range(dec.layers())]
+        self.w_out, self.b_out = t["w_out"].contiguous(), t["b_out"]
+
+    @torch.no_grad()
+    def __call__(self, idx, c):
+        flat = idx.long() + self.offs
+        h = F.embedding_bag(flat, self.code_tab, mode="sum") + self.class_tab[c.long()]
+        h = _gelu(h)
+        for w, b in self.hidden:
+            h = h + _gelu(torch.addmm(b, h, w))
+        return torch.addmm(self.b_out, h, self.w_out)
+
+
+@register
+class VQCodec(Codec):
+    """Learned product-VQ autoencoder with an argmax stream; see the module docstring."""
+
+    codec_id = "vq"
+    options = (
+        Option("bits", float, 48.0, "nominal marginal bits per label: M*log2(K) + 2 (argmax budget)"),
+        Option("codes", _opt_int, None, "number of codes M per label (overrides --bits)"),
+        Option("codebook_size", _opt_int, None, "entries K per codebook (overrides --bits)"),
+        Option("code_dim", int, 8, "dimension of each latent vector / codebook entry"),
+        Option("hidden", int, 256, "decoder (and encoder) hidden width"),
+        Option("decoder_layers", int, 1, "residual hidden blocks of the decoder"),
+        Option("class_dim", int, 64, "dimension of the argmax-class embedding of the decoder"),
+        Option("temperature", float, [1.0, 4.0], "training temperature(s) of the student; the loss is "
+               "sum_T T^2 KL(p_T || q_T)", nargs="+"),
+        Option("margin", float, 0.01, "decoded logit[argmax] exceeds the others by at least this (nats)"),
+        Option("fit_sample", int, 100_000, "fit on at most this many labels (deterministic subsample)"),
+        Option("steps", int, 3000, "training steps (warmup + VQ + finetune)"),
+        Option("batch_size", int, 512, "training batch size"),
+        Option("lr", float, 2e-3, "Adam learning rate (cosine decay)"),
+        Option("warmup", float, 0.1, "fraction of steps as a plain autoencoder before k-means init"),
+        Option("finetune", float, 0.25, "fraction of steps refitting the decoder on frozen indices"),
+        Option("param_dtype", str, "float16", "dtype of stored codebooks/decoder", choices=("float16", "float32")),
+        Option("encoder_input", str, "auto", "encoder first layer: dense over C, or embedding-bag of top-k",
+               choices=("auto", "dense", "topk")),
+        Option("topk_input", int, 64, "classes fed to a top-k encoder"),
+        Option("batch_rows", int, 8192, "rows per batch when encoding/decoding"),
+    )
+
+    # ------------------------------------------------------------------ config
+    def validate_config(self):
+        c = self.config
+        t = c["temperature"]
+        if isinstance(t, (int, float)):
+            t = [t]
+        try:
+            t = [float(v) for v in t]
+        except (TypeError, ValueError):
+            raise ConfigError(f"vq: temperature must be a list of numbers, got {c['temperature']!r}") from None
+        if not t or any(not (v > 0 and math.isfinite(v)) for v in t):
+            raise ConfigError(f"vq: temperatures must be positive, got {t}")
+        c["temperature"] = t
+        for name in ("codes", "codebook_size"):
+            if c[name] is not None:
+                c[name] = int(c[name])
+        for name in ("code_dim", "hidden", "class_dim", "fit_sample", "steps", "batch_size",
+                     "topk_input", "batch_rows"):
+            c[name] = int(c[name])
+            if c[name] < 1:
+                raise ConfigError(f"vq: {name} must be >= 1, got {c[name]}")
+        c["decoder_layers"] = int(c["decoder_layers"])
+        if c["decoder_layers"] < 0:
+            raise ConfigError("vq: decoder_layers must be >= 0")
+        for name in ("bits", "margin", "lr", "warmup", "finetune"):
+            c[name] = float(c[name])
+        if not c["bits"] > ARGMAX_BITS:
+            raise ConfigError(f"vq: bits must exceed {ARGMAX_BITS} (the argmax budget), got {c['bits']}")
+        if c["codes"] is not None and not 1 <= c["codes"] <= 4096:
+            raise ConfigError(f"vq: codes must be in 1..4096, got {c['codes']}")
+        if c["codebook_size"] is not None and not 2 <= c["codebook_size"] <= 65536:
+            raise ConfigError(f"vq: codebook_size must be in 2..65536, got {c['codebook_size']}")
+        if not c["margin"] >= 0:
+            raise ConfigError("vq: margin must be >= 0")
+        if not (0 <= c["warmup"] < 1 and 0 <= c["finetune"] < 1 and c["warmup"] + c["finetune"] < 1):
+            raise ConfigError("vq: warmup and finetune are fractions of steps with warmup + finetune < 1")
+        if c["param_dtype"] not in ("float16", "float32"):
+            raise ConfigError("vq: param_dtype must be float16 or float32")
+        if c["encoder_input"] not in ("auto", "dense", "topk"):
+            raise ConfigError("vq: encoder_input must be auto, dense or topk")
+        self.M, self.K = rate_for_bits(c["bits"], c["codes"], c["codebook_size"])
+        self._dec = None          # _Decoder with tensors as stored (param_dtype -> float32)
+        self._fast = {}           # device -> _FastDecoder
+        self._enc = None          # _Encoder (only after fit)
+        self._assign_cb = None    # codebooks the encoder searches (float32)
+        self._classes = None
+
+    @property
+    def nominal_bits(self) -> float:
+        return nominal_bits(self.M, self.K)
+
+    def _code_dtype(self):
+        return "uint8" if self.K <= 256 else "uint16"
+
+    def stream_specs(self, classes):
+        return {"argmax": ("uint16" if classes <= 65536 else "uint32", 1),
+                "codes": (self._code_dtype(), self.M)}
+
+    def decoded_kind(self, source_kind):
+        return "logits"
+
+    # ------------------------------------------------------------------ fitting
+    def _log(self, ctx, msg):
+        if ctx.log:
+            ctx.log(msg)
+
+    def fit(self, labels, ctx: Context):
+        t0 = time.perf_counter()
+        cfg = self.config
+        dev = torch.device(ctx.device)
+        g = torch.Generator(device=dev)
+        g.manual_seed(int(ctx.seed))
+        gc = torch.Generator()               # CPU generator for index sampling (device independent)
+        gc.manual_seed(int(ctx.seed) + 1)
+        labels = torch.as_tensor(labels)
+        n_all, C = labels.shape
+        if n_all < 1:
+            raise ConfigError("vq: cannot fit on zero labels")
+        if ctx.classes and ctx.classes != C:
+            raise ConfigError(f"vq: labels have {C} classes, context says {ctx.classes}")
+        if n_all > cfg["fit_sample"]:
+            sel = torch.sort(torch.randperm(n_all, generator=gc)[:cfg["fit_sample"]]).values
+            labels = labels[sel]
+        x = _to_logits(labels.to(dev), ctx.source_kind)
+        n = x.shape[0]
+        M, K, d, H = self.M, self.K, cfg["code_dim"], cfg["hidden"]
+        temps = cfg["temperature"]
+        mode = cfg["encoder_input"]
+        if mode == "auto":
+            mode = "dense" if C <= DENSE_MAX_CLASSES else "topk"
+        self._classes = C
+
+        enc = _Encoder(C, M, d, H, mode, cfg["topk_input"], g, dev)
+        enc.set_norm(x[: min(n, 20000)])
+        dec = _Decoder.init(C, M, K, d, H, cfg["class_dim"], cfg["decoder_layers"], g, dev)
+        cls_all = x.argmax(dim=1)
+        # targets per temperature, computed per batch
+        steps = cfg["steps"]
+        n_warm = int(round(steps * cfg["warmup"]))
+        n_ft = int(round(steps * cfg["finetune"]))
+        n_vq = steps - n_warm - n_ft
+        B = min(cfg["batch_size"], n)
+        margin = cfg["margin"]
+        beta, decay = 0.25, 0.99
+
+        def kl_loss(z, xb):
+            tot = 0.0
+            parts = []
+            for T in temps:
+                lp = torch.log_softmax(xb / T, dim=1)
+                lq = torch.log_softmax(z / T, dim=1)
+                kl = (lp.exp() * (lp - lq)).sum(1).mean()
+                parts.append(kl)
+                tot = tot + T * T * kl
+            return tot, parts
+
+        params = enc.params() + [v for k, v in dec.t.items() if k != "codebooks"]
+        opt = torch.optim.Adam(params, lr=cfg["lr"])
+
+        def lr_at(s, total, base):
+            w = min(1.0, (s + 1) / 100.0)
+            return base * w * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / max(1, total))))
+
+        def batches():
+            while True:
+                perm = torch.randperm(n, generator=gc).to(dev)
+                for i in range(0, n - B + 1, B):
+                    yield perm[i:i + B]
+
+        it = batches()
+        cb = None
+        ema_count = ema_sum = None
+        history = []
+        restarts = 0
+        for s in range(n_warm + n_vq):
+            for pg in opt.param_groups:
+                pg["lr"] = lr_at(s, n_warm + n_vq, cfg["lr"])
+            bi = next(it)
+            xb, cb_cls = x[bi], cls_all[bi]
+            z = enc(xb)
+            if s == n_warm:
+                cb = self._kmeans(enc, x, K, g, gc, dev)
+                ema_count = torch.full((M, K), B / K, device=dev)
+                ema_sum = cb * ema_count.unsqueeze(-1)
+            if cb is None:
+                q = z
+                commit = torch.zeros((), device=dev)
+            else:
+                with torch.no_grad():
+                    idx = _nearest(z.detach(), cb)
+                    qv = _lookup(cb, idx)
+                q = z + (qv - z).detach()
+                commit = beta * ((z - qv) ** 2).sum(-1).mean()
+            out = dec.hidden_from_latent(q.reshape(-1, M * d), cb_cls)
+            out = guarantee_argmax(out, cb_cls, margin)
+            loss, parts = kl_loss(out, xb)
+            opt.zero_grad(set_to_none=True)
+            (loss + commit).backward()
+            opt.step()
+            if cb is not None:
+                with torch.no_grad():
+                    oh = F.one_hot(idx, K).float()                        # [B, M, K]
+                    cnt = oh.sum(0)                                      # [M, K]
+                    sm = torch.einsum("bmk,bmd->mkd", oh, z.detach())
+                    ema_count.mul_(decay).add_(cnt, alpha=1 - decay)
+                    ema_sum.mul_(decay).add_(sm, alpha=1 - decay)
+                    tot = ema_count.sum(1, keepdim=True)
+                    smooth = (ema_count + 1e-5) / (tot + K * 1e-5) * tot
+                    cb = ema_sum / smooth.unsqueeze(-1)
+                    if (s - n_warm) % 50 == 49 and s < n_warm + n_vq - 100:
+                        dead = ema_count < (B / K) / 20.0
+                        nd = int(dead.sum())
+                        if nd:
+                            restarts += nd
+                            zd = z.detach()
+                            pick = torch.randint(0, zd.shape[0], (nd,), generator=gc).to(dev)
+                            mm = dead.nonzero()[:, 0]
+                            newv = zd[pick, mm]
+                            cb[dead] = newv
+                            ema_count[dead] = B / K
+                            ema_sum[dead] = newv * (B / K)
+            if s % 100 == 0 or s == n_warm + n_vq - 1:
+                history.append([s, loss.item()] + [p.item() for p in parts])
+        if cb is None:   # no VQ steps at all (tiny configs): initialise from k-means
+            cb = self._kmeans(enc, x, K, g, gc, dev)
+
+        # ---- finetune: freeze indices, refit decoder + stored codebook vectors
+        self._assign_cb = cb.detach().clone()
+        self._enc = enc
+        idx_all = self._assign(x, dev)
+        with torch.no_grad():
+            dec.t["codebooks"] = cb.detach().clone()
+        dec.t["codebooks"].requires_grad_()
+        dparams = list(dec.t.values())
+        opt2 = torch.optim.Adam(dparams, lr=cfg["lr"] * 0.5)
+        for s in range(n_ft):
+            for pg in opt2.param_groups:
+                pg["lr"] = lr_at(s, n_ft, cfg["lr"] * 0.5)
+            bi = next(it)
+            xb, cb_cls = x[bi], cls_all[bi]
+            qv = _lookup(dec.t["codebooks"], idx_all[bi])
+            out = guarantee_argmax(dec.hidden_from_latent(qv.reshape(-1, M * d), cb_cls), cb_cls, margin)
+            loss, parts = kl_loss(out, xb)
+            opt2.zero_grad(set_to_none=True)
+            loss.backward()
+            opt2.step()
+            if s % 100 == 0 or s == n_ft - 1:
+                history.append([n_warm + n_vq + s, loss.item()] + [p.item() for p in parts])
+
+        # round to the stored dtype so that the fitting process decodes exactly as a reader will
+        pdt = getattr(np, cfg["param_dtype"])
+        params_np = {k: v.detach().cpu().numpy().astype(pdt) for k, v in dec.t.items()}
+        self._set_decoder(params_np)
+        # fit statistics
+        usage, ent = [], []
+        cnt = torch.stack([torch.bincount(idx_all[:, m], minlength=K) for m in range(M)]).double()
+        for m in range(M):
+            pr = cnt[m] / cnt[m].sum()
+            usage.append(float((cnt[m] > 0).double().mean()))
+            nz = pr[pr > 0]
+            ent.append(float(-(nz * nz.log2()).sum()))
+        self.fit_info = {
+            "M": M, "K": K, "code_dim": d, "encoder_input": mode,
+            "nominal_bits": self.nominal_bits, "raw_index_bits": M * math.log2(K),
+            "fit_rows": int(n), "input_rows": int(n_all), "steps": steps,
+            "code_usage": usage, "code_usage_mean": float(np.mean(usage)),
+            "index_entropy_bits": ent, "index_entropy_total": float(sum(ent)),
+            "dead_code_restarts": int(restarts),
+            "loss_history": history,  # [step, loss, KL@T for T in temperature]
+            "fit_seconds": time.perf_counter() - t0,
+            "param_bytes": int(sum(a.nbytes for a in params_np.values())),
+        }
+        self._log(ctx, f"vq: fitted M={M} K={K} on {n} labels in {self.fit_info['fit_seconds']:.1f}s, "
+                       f"usage {self.fit_info['code_usage_mean']:.3f}, "
+                       f"entropy {self.fit_info['index_entropy_total']:.2f} bits")
+
+    @torch.no_grad()
+    def _kmeans(self, enc, x, K, g, gc, dev, iters=15, max_rows=16384):
+        n = x.shape[0]
+        rows = torch.randperm(n, generator=gc)[:max_rows].to(dev)
+        z = torch.cat([enc(x[rows[i:i + 4096]]) for i in range(0, len(rows), 4096)])   # [N, M, d]
+        N, M, d = z.shape
+        if N >= K:
+            init = torch.stack([torch.randperm(N, generator=gc)[:K] for _ in range(M)], 1).to(dev)
+            cb = z[init, torch.arange(M, device=dev)].transpose(0, 1).contiguous()          # [M, K, d]
+        else:
+            pick = torch.randint(0, N, (K, M), generator=gc).to(dev)
+            cb = z[pick, torch.arange(M, device=dev)].transpose(0, 1).contiguous()
+            cb = cb + 0.01 * z.std() * torch.randn(cb.shape, generator=g, device=dev)
+        for _ in range(iters):
+            idx = _nearest(z, cb)                                      # [N, M]
+            oh = F.one_hot(idx, K).float()
+            cnt = oh.sum(0)                                            # [M, K]
+            sm = torch.einsum("nmk,nmd->mkd", oh, z)
+            upd = sm / cnt.clamp(min=1).unsqueeze(-1)
+            cb = torch.where((cnt > 0).unsqueeze(-1), upd, cb)
+        return cb
+
+    @torch.no_grad()
+    def _assign(self, x, dev):
+        out = []
+        br = self.config["batch_rows"]
+        for i in range(0, x.shape[0], br):
+            z = self._enc(x[i:i + br])
+            out.append(_nearest(z, self._assign_cb))
+        return torch.cat(out) if out else torch.zeros((0, self.M), dtype=torch.long, device=dev)
+
+    # ------------------------------------------------------------------ params
+    def get_params(self):
+        if self._dec is None:
+            return {}
+        return {k: v.copy() for k, v in self._params_np.items()}
+
+    def _set_decoder(self, params_np):
+        self._params_np = params_np
+        self._dec = _Decoder({k: torch.from_numpy(v.astype(np.float32)) for k, v in params_np.items()})
+        self._fast = {}
+
+    def set_params(self, params, ctx: Context):
+        cfg = self.config
+        M, K, d, H, dc, L = self.M, self.K, cfg["code_dim"], cfg["hidden"], cfg["class_dim"], cfg["decoder_layers"]
+        if "b_out" not in params or not isinstance(params["b_out"], np.ndarray) or params["b_out"].ndim != 1:
+            raise FormatError("vq: parameter 'b_out' is missing or not a vector", rule="codec-params")
+        C = int(params["b_out"].shape[0])
+        if ctx.classes and ctx.classes != C:
+            raise FormatError(f"vq: parameters are for {C} classes, the file has {ctx.classes}",
+                              rule="codec-params")
+        want = _Decoder.shapes(C, M, K, d, H, dc, L)
+        if set(params) != set(want):
+            raise FormatError(f"vq: parameters {sorted(params)} do not match the config "
+                              f"(expected {sorted(want)})", rule="codec-params")
+        pdt = np.dtype(cfg["param_dtype"])
+        clean = {}
+        for k, shp in want.items():
+            a = params[k]
+            if not isinstance(a, np.ndarray) or a.dtype != pdt or tuple(a.shape) != shp:
+                got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
+                raise FormatError(f"vq: parameter {k!r} is {got}, expected {pdt} {shp}", rule="codec-params")
+            if not np.isfinite(a).all():
+                raise FormatError(f"vq: parameter {k!r} has non-finite values", rule="codec-params")
+            clean[k] = np.ascontiguousarray(a)
+        self._classes = C
+        self._set_decoder(clean)
+
+    # ------------------------------------------------------------------ streams
+    def encode(self, labels, ctx: Context):
+        if self._enc is None:
+            raise ConfigError("vq: encode needs the encoder of a fit() in this process "
+                              "(the file stores only what decoding needs)")
+        dev = torch.device(ctx.device)
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 2 or labels.shape[1] != self._classes:
+            raise ConfigError(f"vq: labels must be [n, {self._classes}], got {list(labels.shape)}")
+        n = labels.shape[0]
+        amax = np.empty((n, 1), dtype=self.stream_specs(self._classes)["argmax"][0])
+        codes = np.empty((n, self.M), dtype=self._code_dtype())
+        br = self.config["batch_rows"]
+        with torch.no_grad():
+            for i in range(0, n, br):
+                x = _to_logits(labels[i:i + br].to(dev), ctx.source_kind)
+                amax[i:i + br, 0] = x.argmax(dim=1).cpu().numpy()
+                z = self._enc(x)
+                codes[i:i + br] = _nearest(z, self._assign_cb).cpu().numpy()
+                if ctx.progress:
+                    ctx.progress(min(n, i + br), n, "vq encode")
+        return {"argmax": amax, "codes": codes}
+
+    def _fast_for(self, dev):
+        key = str(dev)
+        if key not in self._fast:
+            self._fast[key] = _FastDecoder(self._dec, dev)
+        return self._fast[key]
+
+    def decode(self, streams, ctx: Context):
+        if self._dec is None:
+            raise ConfigError("vq: decode needs parameters (fit or set_params first)")
+        dev = torch.device(ctx.device)
+        c = torch.as_tensor(streams["argmax"]).to(dev).reshape(-1).long()
+        idx = torch.as_tensor(streams["codes"]).to(dev).long()
+        n = c.shape[0]
+        if idx.shape != (n, self.M):
+            raise FormatError(f"vq: codes stream is {list(idx.shape)}, expected [{n}, {self.M}]",
+                              rule="codec-params")
+        if n and (int(idx.max()) >= self.K or int(c.max()) >= self._classes):
+            raise FormatError("vq: stream index out of range", rule="codec-params")
+        fast = self._fast_for(dev)
+        out = torch.empty((n, self._classes), dtype=torch.float32, device=dev)
+        br = self.config["batch_rows"]
+        margin = self.config["margin"]
+        for i in range(0, n, br):
+            z = fast(idx[i:i + br], c[i:i + br])
+            out[i:i + br] = guarantee_argmax(z, c[i:i + br], margin)
+        return out
