@@ -264,6 +264,15 @@ class Reader:
             return {name: s.read_rows(lo, hi) for name, s in self.streams.items()}
         return {name: s.take(flat) for name, s in self.streams.items()}
 
+    def verify_streams(self, batch_size: int = 1 << 16) -> None:
+        """Check every stream value against the codec's ranges (raises FormatError)."""
+        for start in range(0, self.count, batch_size):
+            raw = self.read_streams(np.arange(start, min(self.count, start + batch_size)))
+            try:
+                self.codec.validate_streams(raw, self.classes)
+            except FormatError as exc:
+                raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
+
     def decode(self, index=None, *, device="cpu", as_: str = "probs", temperature: float | None = None,
                batch_size: int = 65536):
         """Decode labels to a float32 torch tensor on ``device``.
@@ -286,8 +295,12 @@ class Reader:
         out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)
         for start in range(0, flat.size, batch_size):
             rows = flat[start:start + batch_size]
-            streams = {name: _to_torch(arr, device) for name, arr in self.read_streams(rows).items()}
-            values = self.codec.decode(streams, ctx)
+            raw = self.read_streams(rows)
+            try:
+                self.codec.validate_streams(raw, self.classes)
+                values = self.codec.decode({name: _to_torch(arr, device) for name, arr in raw.items()}, ctx)
+            except FormatError as exc:
+                raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
             out[start:start + rows.size] = _convert(values, self.decoded_kind, as_, t)
         if isinstance(index, (int, np.integer)):
             return out[0]

@@ -58,8 +58,12 @@ def _codec_options():
 
 
 def _add_codec_options(parser):
+    try:
+        options = _codec_options()
+    except ImportError:  # no torch: encoding is unavailable, but stats/verify/info still work
+        return
     group = parser.add_argument_group("codec options (each applies to the codecs named in its help)")
-    for name, (opt, owners) in sorted(_codec_options().items()):
+    for name, (opt, owners) in sorted(options.items()):
         kwargs = {"type": opt.type, "default": None, "dest": "codec_opt_" + name,
                   "help": f"[{', '.join(owners)}] {opt.help} (default: {opt.default})"}
         if opt.nargs:
@@ -200,7 +204,8 @@ def _verify_codec(path) -> list[str]:
     except ImportError:
         return []
     try:
-        with api.open(path):
+        with api.open(path) as reader:
+            reader.verify_streams()
             return []
     except FormatError as exc:
         return [str(exc)]

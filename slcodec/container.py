@@ -246,6 +246,7 @@ class ContainerWriter:
                     problems = c.verify()
                 if problems:
                     raise FormatError(f"written file failed verification: {problems[0]}", rule="self-check")
+            os.chmod(self.tmp_path, _output_mode(self.path))
             os.replace(self.tmp_path, self.path)
         except BaseException:
             self._remove_tmp()
@@ -264,6 +265,16 @@ class ContainerWriter:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
             pass
+
+
+def _output_mode(path: str) -> int:
+    """Mode for a new output: the replaced file's, else what open() would give (mkstemp uses 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(folder: str) -> None:
@@ -322,7 +333,7 @@ class Container:
         try:
             return cls.from_buffer(memoryview(mm), path=path, fileobj=f, mm=mm)
         except BaseException:
-            mm.close()
+            _close_map(mm)
             f.close()
             raise
 
@@ -373,11 +384,7 @@ class Container:
     def close(self) -> None:
         self._buf = None
         if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                # numpy views of the map are still alive; the map closes when they go.
-                pass
+            _close_map(self._mm)
             self._mm = None
         if self._file is not None:
             self._file.close()
@@ -442,6 +449,15 @@ class Container:
             except FormatError as exc:
                 problems.append(str(exc))
         return problems
+
+
+def _close_map(mm) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        # Views of the map (numpy arrays, memoryviews held by a traceback) are still alive;
+        # the map is unmapped when the last of them goes.
+        pass
 
 
 def _check_sections(header: dict, buf, header_offset: int, bad) -> None:

@@ -105,6 +105,12 @@ class Codec(ABC):
         The values are of kind :meth:`decoded_kind`.
         """
 
+    def validate_streams(self, streams: dict[str, np.ndarray], classes: int) -> None:
+        """Raise FormatError(rule="codec-streams") if stream rows (numpy) hold values out of range.
+
+        Called by the reader on every block it decodes and by ``slcodec verify`` on every row,
+        so that a file with, say, a class id >= C is rejected rather than decoded wrongly."""
+
     def decoded_kind(self, source_kind: str) -> str:
         """What ``decode`` returns: ``"logits"`` (log-space, any per-row offset) or ``"probs"``."""
         return source_kind

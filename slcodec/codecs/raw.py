@@ -13,7 +13,8 @@ class _RawCodec(Codec):
     dtype: np.dtype
 
     def encode(self, labels, ctx):
-        values = labels.detach().to("cpu", torch.float32).numpy().astype(self.dtype)
+        with np.errstate(over="ignore"):
+            values = labels.detach().to("cpu", torch.float32).numpy().astype(self.dtype)
         if not np.isfinite(values).all():
             raise ConfigError(f"labels exceed the {self.dtype.name} range; use a wider codec (fp32)")
         return {"values": values}

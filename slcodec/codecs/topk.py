@@ -2,7 +2,8 @@
 
 Decoding puts the stored probabilities back at their classes and spreads the left-over
 mass ``max(0, 1 - sum(top-k values))`` evenly over the other ``C - k`` classes, as FKD
-does.  Probabilities are taken at temperature 1 (softmax of the logits).
+does.  Probabilities are taken at temperature 1 (softmax of the logits); among equal
+probabilities the lower class id is kept.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ class TopK(Codec):
         k = self._k(labels.shape[1])
         labels = labels.detach().to(torch.float32)
         probs = torch.softmax(labels, dim=1) if ctx.source_kind == "logits" else labels
-        values, ids = torch.topk(probs, k, dim=1, largest=True, sorted=True)
+        # A stable descending sort breaks ties by the lower class id, on every device (topk does not).
+        values, ids = torch.sort(probs, dim=1, descending=True, stable=True)
+        values, ids = values[:, :k], ids[:, :k]
         return {"ids": ids.cpu().numpy().astype(self._id_dtype(labels.shape[1])),
                 "values": values.cpu().numpy().astype(np.float16)}
 
@@ -44,12 +47,16 @@ class TopK(Codec):
         ids = streams["ids"].to(ctx.device).long()
         values = streams["values"].to(ctx.device, torch.float32)
         classes, k = ctx.classes, ids.shape[1]
-        if ids.numel() and int(ids.max()) >= classes:
-            raise FormatError(f"topk: class id out of range (classes={classes})", rule="codec-streams")
         rest = (1.0 - values.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(classes - k, 1)
         probs = rest.expand(ids.shape[0], classes).clone()
         probs.scatter_(1, ids, values)
         return probs
+
+    def validate_streams(self, streams, classes):
+        ids = streams["ids"]
+        if ids.size and int(ids.max()) >= classes:
+            raise FormatError(f"topk: class id {int(ids.max())} out of range (classes={classes})",
+                              rule="codec-streams")
 
     def decoded_kind(self, source_kind):
         return "probs"

@@ -1,0 +1,61 @@
+"""Write the golden files of spec/golden/ (once: existing files are never overwritten).
+
+    python spec/make_golden.py            # writes the golden files that do not exist yet
+
+Inputs come from the committed real-teacher fixture (slcodec/data/lite0_8x64_fp16.npy).
+Each golden file is released with the exact decoded labels it must give (NAME.expected.npy)
+and an entry in MANIFEST.json saying how it is decoded and with what tolerance.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import slcodec  # noqa: E402
+
+GOLDEN = os.path.join(HERE, "golden")
+FIXTURE = os.path.join(os.path.dirname(HERE), "slcodec", "data", "lite0_8x64_fp16.npy")
+
+
+def cases():
+    logits16 = np.load(FIXTURE)[:2, :3]                                   # [2, 3, 1000] FP16 logits
+    probs32 = torch.softmax(torch.from_numpy(logits16.astype(np.float32)), dim=-1).numpy()
+    # name: (labels, codec, codec options, decode as, absolute tolerance, format version)
+    return {
+        "v1.0-fp32-probs": (probs32, "fp32", {}, "probs", 0.0, "1.0"),
+        "v1.0-fp16-logits": (logits16, "fp16", {}, "logits", 0.0, "1.0"),
+        "v1.0-topk5-logits": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.0"),
+    }
+
+
+def main():
+    os.makedirs(GOLDEN, exist_ok=True)
+    manifest_path = os.path.join(GOLDEN, "MANIFEST.json")
+    manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
+    only = set(sys.argv[1:])
+    for name, (labels, codec, opts, as_, atol, version) in cases().items():
+        if only and name not in only:
+            continue
+        path = os.path.join(GOLDEN, name + ".vqsl")
+        if os.path.exists(path) or name in manifest:
+            print(f"{name}: released, left as it is")
+            continue
+        slcodec.encode(labels, path, codec=codec, seed=0,
+                       provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)", "golden": name}, **opts)
+        with slcodec.open(path) as r:
+            expected = r.decode(None, as_=as_).numpy()
+        np.save(os.path.join(GOLDEN, name + ".expected.npy"), expected, allow_pickle=False)
+        manifest[name] = {"file": name + ".vqsl", "expected": name + ".expected.npy", "codec": codec,
+                          "as": as_, "atol": atol, "format_version": version}
+        print(f"{name}: written ({os.path.getsize(path)} bytes)")
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

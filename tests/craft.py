@@ -1,0 +1,50 @@
+"""Helpers that take a valid .vqsl file apart and put it back together with one thing wrong.
+
+Checksums are recomputed after the change unless asked not to, so that each crafted file
+breaks exactly the rule under test rather than only a CRC.
+"""
+import struct
+import zlib
+
+import msgpack
+
+from slcodec.container import PREAMBLE
+
+FIELDS = ("magic", "major", "minor", "required_flags", "optional_flags", "reserved", "header_offset",
+          "header_length", "file_length", "header_crc32", "reserved2", "preamble_crc32")
+
+
+def parse(data: bytes):
+    pre = dict(zip(FIELDS, PREAMBLE.unpack(data[:64])))
+    off, length = pre["header_offset"], pre["header_length"]
+    header = msgpack.unpackb(data[off:off + length], raw=False)
+    return pre, header
+
+
+def crc(b):
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def pack_preamble(pre: dict, fix_crc=True) -> bytes:
+    raw = PREAMBLE.pack(*(pre[f] for f in FIELDS))
+    if fix_crc:
+        raw = raw[:60] + struct.pack("<I", crc(raw[:60]))
+    return raw
+
+
+def rebuild(data: bytes, header=None, header_bytes=None, body=None, fix_crc=True, **pre_overrides) -> bytes:
+    """Reassemble ``data`` with a new header (dict or raw bytes), body (bytes 64..header) or preamble fields."""
+    pre, old_header = parse(data)
+    body = data[64:pre["header_offset"]] if body is None else body
+    if header_bytes is None:
+        header_bytes = msgpack.packb(old_header if header is None else header, use_bin_type=True)
+    pre["header_offset"] = 64 + len(body)
+    pre["header_length"] = len(header_bytes)
+    pre["file_length"] = 64 + len(body) + len(header_bytes)
+    pre["header_crc32"] = crc(header_bytes)
+    pre.update(pre_overrides)
+    return pack_preamble(pre, fix_crc) + body + header_bytes
+
+
+def section(header, name):
+    return next(s for s in header["sections"] if s["name"] == name)

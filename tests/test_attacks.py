@@ -1,0 +1,310 @@
+"""Hostile and damaged files: one crafted file for every MUST-reject rule of FORMAT.md.
+
+Each case says which rule must fire; the file is then also given to `slcodec verify`
+(exit 1) and to `slcodec stats` (exit 2, one line, no traceback).
+"""
+import copy
+import os
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+import zstandard
+
+import slcodec
+from slcodec import cli
+from slcodec.container import Container, ContainerWriter, StreamBuilder
+from slcodec.errors import FormatError
+
+from craft import crc, parse, rebuild, section
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "spec", "golden")
+BASE = open(os.path.join(GOLDEN, "v1.0-topk5-logits.vqsl"), "rb").read()
+LABELS = {"count": 6, "shape": [2, 3, 10], "classes": 10, "source_kind": "logits"}
+
+
+def full_read(path):
+    """Everything a user can do with a file: open, decode every label, verify every byte."""
+    with slcodec.open(path) as r:
+        r.decode(None)
+    with Container.open(path) as c:
+        for sec in c.header["sections"]:
+            if sec["kind"] == "stream":
+                s = c.stream(sec["name"])
+                for k in range(s.nchunks):
+                    s.read_chunk(k)
+            elif sec["kind"] == "array":
+                c.read_array(sec["name"])
+            else:
+                c.read_msgpack(sec["name"])
+
+
+def header_edit(fn):
+    def make():
+        _, h = parse(BASE)
+        h = copy.deepcopy(h)
+        fn(h)
+        return rebuild(BASE, header=h)
+    return make
+
+
+def body_edit(fn):
+    """Change bytes of the body (sections + padding), keeping the header and preamble as they are."""
+    def make():
+        pre, h = parse(BASE)
+        body = bytearray(BASE[64:pre["header_offset"]])
+        fn(body, h)
+        return BASE[:64] + bytes(body) + BASE[pre["header_offset"]:]
+    return make
+
+
+def body_and_header_edit(fn):
+    def make():
+        pre, h = parse(BASE)
+        h = copy.deepcopy(h)
+        body = bytearray(BASE[64:pre["header_offset"]])
+        fn(body, h)
+        return rebuild(BASE, header=h, body=bytes(body))
+    return make
+
+
+def topk_file(ids, values, classes=10, k=None, tamper=None, extra_array=None, stream_names=("ids", "values"),
+              chunk_rows=4096):
+    """A topk file written from scratch with the container writer (so every CRC is right)."""
+    def make(tmp):
+        p = os.path.join(tmp, "crafted-src.vqsl")
+        kk = k or ids.shape[1]
+        with ContainerWriter(p, verify=False) as w:
+            if extra_array is not None:
+                w.add_array("params/extra", extra_array)
+            bi = StreamBuilder("uint16", ids.shape[1], chunk_rows=chunk_rows)
+            bi.append(ids)
+            bv = StreamBuilder("float16", values.shape[1], chunk_rows=chunk_rows)
+            bv.append(values)
+            if tamper:
+                tamper(bi, bv)
+            w.add_stream("streams/" + stream_names[0], bi)
+            w.add_stream("streams/" + stream_names[1], bv)
+            w.commit({"labels": dict(LABELS, count=len(ids), shape=[len(ids), classes], classes=classes),
+                      "codec": {"id": "topk", "config": {"k": kk}}})
+        return open(p, "rb").read()
+    return make
+
+
+IDS = np.tile(np.arange(3, dtype=np.uint16), (6, 1))
+VALS = np.full((6, 3), 0.2, dtype=np.float16)
+
+
+def _msgpack_ext_header():
+    _, h = parse(BASE)
+    h["created_by"] = msgpack.ExtType(5, b"evil")
+    return rebuild(BASE, header_bytes=msgpack.packb(h, use_bin_type=True))
+
+
+def _non_string_key_header():
+    _, h = parse(BASE)
+    h[7] = "int key"
+    return rebuild(BASE, header_bytes=msgpack.packb(h, use_bin_type=True))
+
+
+def _flip(data, pos):
+    b = bytearray(data)
+    b[pos] ^= 0x01
+    return bytes(b)
+
+
+def _set(**kw):
+    return lambda: rebuild(BASE, **kw)
+
+
+def _first_section_padding(body, h):
+    s = h["sections"][0]
+    end = s["offset"] + s["length"] - 64
+    assert (s["offset"] + s["length"]) % 64 != 0, "test needs a padded section"
+    body[end] = 0x7F
+
+
+def _stream_chunk_byte(body, h):
+    s = section(h, "streams/values")
+    body[s["offset"] - 64 + 3] ^= 0xFF
+
+
+def _stream_chunk_byte_section_crc_fixed(body, h):
+    s = section(h, "streams/values")
+    body[s["offset"] - 64 + 3] ^= 0xFF
+    s["crc32"] = crc(bytes(body[s["offset"] - 64:s["offset"] - 64 + s["length"]]))
+
+
+def _stream_index_unsorted(body, h):
+    s = section(h, "streams/values")
+    start = s["offset"] - 64 + s["length"] - 16  # the single chunk's index entry
+    end, ccrc, _ = struct.unpack_from("<QII", body, start)
+    struct.pack_into("<QII", body, start, end + 1, ccrc, 0)
+    s["crc32"] = crc(bytes(body[s["offset"] - 64:s["offset"] - 64 + s["length"]]))
+
+
+def _stream_index_reserved(body, h):
+    s = section(h, "streams/values")
+    start = s["offset"] - 64 + s["length"] - 16
+    end, ccrc, _ = struct.unpack_from("<QII", body, start)
+    struct.pack_into("<QII", body, start, end, ccrc, 1)
+    s["crc32"] = crc(bytes(body[s["offset"] - 64:s["offset"] - 64 + s["length"]]))
+
+
+def _replace_chunk(new_chunk):
+    def tamper(bi, bv):
+        bv._flush(bv._pending_rows)
+        bv._chunks[0] = new_chunk
+    return tamper
+
+
+CASES = {
+    # rule: truncated
+    "shorter-than-preamble": ("truncated", lambda: BASE[:40]),
+    "cut-at-the-end": ("truncated", lambda: BASE[:-1]),
+    "bytes-appended": ("truncated", lambda: BASE + b"\0"),
+    "empty-file": ("truncated", lambda: b""),
+    # rule: magic
+    "bad-magic": ("magic", lambda: b"PK\x03\x04" + BASE[4:]),
+    "crlf-converted-to-lf": ("magic", lambda: BASE[:4] + b"\n" + BASE[6:]),
+    # rule: preamble-crc
+    "preamble-field-changed": ("preamble-crc", lambda: _flip(BASE, 49)),
+    "preamble-crc-changed": ("preamble-crc", lambda: _flip(BASE, 61)),
+    # rule: version
+    "newer-major": ("version", _set(major=2)),
+    "major-zero": ("version", _set(major=0)),
+    # rule: required-flags
+    "unknown-required-flag": ("required-flags", _set(required_flags=0x4)),
+    # rule: preamble-reserved
+    "reserved-word-set": ("preamble-reserved", _set(reserved=1)),
+    "reserved-bytes-set": ("preamble-reserved", _set(reserved2=b"\0\0\0\x01\0\0\0\0")),
+    # rule: header-bounds
+    "huge-header-length": ("header-bounds", _set(header_length=1 << 40)),
+    "header-not-ending-file": ("header-bounds", lambda: rebuild(BASE, header_bytes=parse_header_bytes() + b"\0",
+                                                                 header_length=len(parse_header_bytes()))),
+    "header-inside-preamble": ("header-bounds", _set(header_offset=0)),
+    "header-unaligned": ("header-bounds", lambda: rebuild(BASE, body=parse_body() + b"\0")),
+    # rule: header-crc
+    "header-byte-flipped": ("header-crc", lambda: _flip(BASE, len(BASE) - 5)),
+    # rule: header-syntax
+    "header-not-msgpack": ("header-syntax", lambda: rebuild(BASE, header_bytes=b"\xc1\xc1\xc1")),
+    "header-trailing-bytes": ("header-syntax", lambda: rebuild(BASE, header_bytes=parse_header_bytes() + b"\xc0")),
+    "header-ext-type": ("header-syntax", _msgpack_ext_header),
+    "header-int-key": ("header-syntax", _non_string_key_header),
+    # rule: header-schema
+    "header-is-a-list": ("header-schema", lambda: rebuild(BASE, header_bytes=msgpack.packb([1, 2]))),
+    "missing-labels": ("header-schema", header_edit(lambda h: h.pop("labels"))),
+    "one-class": ("header-schema", header_edit(lambda h: h["labels"].update(classes=1))),
+    "negative-count": ("header-schema", header_edit(lambda h: h["labels"].update(count=-6))),
+    "count-is-a-string": ("header-schema", header_edit(lambda h: h["labels"].update(count="6"))),
+    "unknown-section-kind": ("header-schema", header_edit(lambda h: h["sections"][0].update(kind="blob"))),
+    "unknown-dtype": ("header-schema", header_edit(lambda h: section(h, "streams/ids").update(dtype="float128"))),
+    "unknown-coding": ("header-schema", header_edit(lambda h: section(h, "streams/ids").update(coding="lz4"))),
+    "unknown-filter": ("header-schema", header_edit(lambda h: section(h, "streams/ids").update(filters=["rot13"]))),
+    "negative-offset": ("header-schema", header_edit(lambda h: h["sections"][0].update(offset=-64))),
+    # rule: section-layout
+    "duplicate-section-name": ("section-layout", header_edit(
+        lambda h: h["sections"][1].update(name=h["sections"][0]["name"]))),
+    "sections-unsorted": ("section-layout", header_edit(
+        lambda h: h["sections"].insert(0, h["sections"].pop(1)))),
+    "sections-overlap": ("section-layout", header_edit(
+        lambda h: h["sections"][1].update(offset=h["sections"][0]["offset"]))),
+    "section-unaligned": ("section-layout", header_edit(lambda h: h["sections"][0].update(offset=65))),
+    "section-runs-into-header": ("section-layout", header_edit(
+        lambda h: h["sections"][-1].update(length=h["sections"][-1]["length"] + 4096))),
+    "section-huge-length": ("section-layout", header_edit(lambda h: h["sections"][-1].update(length=2**63))),
+    "nonzero-padding": ("section-layout", body_edit(_first_section_padding)),
+    "gap-before-header": ("section-layout", lambda: rebuild(BASE, body=parse_body() + b"\0" * 64)),
+    # rule: section-content
+    "chunk-index-too-big": ("section-content", header_edit(
+        lambda h: section(h, "streams/ids").update(rows=10**9, chunk_rows=1))),
+    "chunk-over-size-cap": ("section-content", header_edit(
+        lambda h: section(h, "streams/ids").update(chunk_rows=2**30))),
+    "filter-listed-twice": ("section-content", header_edit(
+        lambda h: section(h, "streams/ids").update(filters=["transpose", "transpose"]))),
+    "chunk-index-unsorted": ("section-content", body_and_header_edit(_stream_index_unsorted)),
+    "chunk-index-reserved": ("section-content", body_and_header_edit(_stream_index_reserved)),
+    "chunk-declares-wrong-size": ("section-content", topk_file(
+        IDS, VALS, tamper=_replace_chunk(zstandard.ZstdCompressor().compress(b"\0" * 35)))),
+    "chunk-declares-huge-size": ("section-content", topk_file(
+        IDS, VALS, tamper=_replace_chunk(zstandard.ZstdCompressor().compress(b"\0" * (1 << 20))))),
+    "chunk-not-zstd": ("section-content", topk_file(IDS, VALS, tamper=_replace_chunk(b"not a zstd frame at all"))),
+    "chunk-without-content-size": ("section-content", topk_file(
+        IDS, VALS, tamper=_replace_chunk(zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * 36)))),
+    # rule: section-crc
+    "section-byte-flipped": ("section-crc", body_edit(_stream_chunk_byte)),
+    "chunk-byte-flipped-section-crc-fixed": ("section-crc", body_and_header_edit(_stream_chunk_byte_section_crc_fixed)),
+    # rule: labels
+    "count-mismatch": ("labels", header_edit(lambda h: h["labels"].update(count=7))),
+    "classes-mismatch": ("labels", header_edit(lambda h: h["labels"].update(classes=999))),
+    # rule: codec
+    "unknown-codec": ("codec", header_edit(lambda h: h["codec"].update(id="nope"))),
+    "bad-codec-config": ("codec", header_edit(lambda h: h["codec"].update(config={"k": 0}))),
+    "unknown-codec-option": ("codec", header_edit(lambda h: h["codec"].update(config={"k": 5, "evil": 1}))),
+    # rule: codec-params
+    "unexpected-params": ("codec-params", topk_file(IDS, VALS, extra_array=np.zeros(4, np.float32))),
+    # rule: codec-streams
+    "missing-stream": ("codec-streams", topk_file(IDS, VALS, stream_names=("ids", "other"))),
+    "stream-wrong-width": ("codec-streams", topk_file(IDS, VALS, k=4)),
+    "class-id-out-of-range": ("codec-streams", topk_file(IDS + 10, VALS)),
+}
+
+
+def parse_header_bytes():
+    pre, _ = parse(BASE)
+    return BASE[pre["header_offset"]:]
+
+
+def parse_body():
+    pre, _ = parse(BASE)
+    return BASE[64:pre["header_offset"]]
+
+
+def test_base_file_is_valid(tmp_path):
+    p = tmp_path / "base.vqsl"
+    p.write_bytes(BASE)
+    full_read(p)
+    assert cli.main(["verify", str(p)]) == 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reader_rejects(case, tmp_path, capsys):
+    rule, make = CASES[case]
+    try:
+        data = make(str(tmp_path))
+    except TypeError:
+        data = make()
+    p = tmp_path / f"{case}.vqsl"
+    p.write_bytes(data)
+    with pytest.raises(FormatError) as e:
+        full_read(p)
+    assert e.value.rule == rule, f"{case}: expected rule {rule}, got {e.value.rule}: {e.value}"
+    assert str(p) in str(e.value)  # the message names the file
+    capsys.readouterr()
+    assert cli.main(["verify", str(p)]) == 1
+    assert "INVALID" in capsys.readouterr().out
+    rc = cli.main(["stats", str(p)]) if rule not in ("section-content", "section-crc", "codec", "codec-params",
+                                                       "codec-streams", "labels") else cli.main(["decode", str(p), "-o", str(tmp_path / "o.npy")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("slcodec: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_every_rule_in_format_md_has_a_case():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "FORMAT.md")).read()
+    table = text.split("## What a reader MUST reject", 1)[1].split("\n## ", 1)[0]
+    rules = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert rules == {rule for rule, _ in CASES.values()}
+
+
+def test_msgpack_section_size_cap(tmp_path, monkeypatch):
+    import slcodec.container as container
+    monkeypatch.setattr(container, "MAX_MSGPACK_SECTION_BYTES", 8)
+    p = tmp_path / "x.vqsl"
+    p.write_bytes(BASE)
+    with Container.open(p) as c:
+        with pytest.raises(FormatError) as e:
+            c.read_msgpack("provenance")
+    assert e.value.rule == "section-content"

@@ -1,0 +1,42 @@
+"""`stats` accounts for every byte of the file."""
+import os
+
+import numpy as np
+import pytest
+
+import slcodec
+from slcodec.container import Container
+from slcodec.stats import file_stats, topk_bits_per_label
+
+
+@pytest.mark.parametrize("codec,opts", [("fp16", {}), ("fp32", {}), ("topk", {"k": 7})])
+def test_sections_add_up_to_the_file(real_labels, tmp_path, codec, opts):
+    p = tmp_path / "x.vqsl"
+    slcodec.encode(real_labels[:3, :10], p, codec=codec, **opts)
+    with Container.open(p) as c:
+        s = file_stats(c)
+    size = os.path.getsize(p)
+    assert s["file_bytes"] == size
+    assert sum(e["bytes"] for e in s["sections"]) == size
+    assert sum(g["bytes"] for g in s["groups"].values()) == size
+    assert s["labels"] == 30 and s["images"] == 3 and s["augmentations_per_image"] == 10
+    assert s["bits_per_label"] == size * 8 / 30
+    assert s["bits_per_image"] == size * 8 / 3
+    assert s["baselines"]["fp16"]["ratio"] == pytest.approx(16 * 1000 * 30 / (size * 8))
+    streams = sum(e["bytes"] for e in s["sections"] if e["name"].startswith("streams/"))
+    assert s["marginal_bits_per_label"] == streams * 8 / 30
+    assert s["fixed_bytes"] == size - streams
+
+
+def test_topk_baseline_bits():
+    # 1000 classes: ids take 10 bits, values 16 (SOFT_LABELS.md: 26 k bits)
+    assert topk_bits_per_label(1000, 5) == 130
+    assert topk_bits_per_label(10, 1) == 20
+
+
+def test_flat_label_set_has_no_images(tmp_path):
+    p = tmp_path / "x.vqsl"
+    slcodec.encode(np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32), p, codec="fp32")
+    with Container.open(p) as c:
+        s = file_stats(c)
+    assert s["images"] is None and s["bits_per_image"] is None
