@@ -25,7 +25,8 @@ class UsageError(SlcodecError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, as for every other bad input
-        raise UsageError(f"{self.prog}: {message}")
+        sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{sub}{message}")
 
 
 def _progress_printer(quiet: bool):
@@ -191,6 +192,7 @@ def cmd_verify(args):
         if problems:
             status = EXIT_INVALID
             for p in problems:
+                p = p[len(path) + 2:] if p.startswith(path + ": ") else p
                 print(f"{path}: INVALID: {p}")
         else:
             print(f"{path}: OK")

@@ -7,6 +7,8 @@ or probabilities.  Nothing here unpickles: torch files are loaded with
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,14 +72,18 @@ def load_array(spec: str, key_hint: str | None = None) -> tuple[np.ndarray, str 
             return _load_h5(path, key)
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, KeyError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: cannot read ({_one_line(exc)})") from None
     raise InputError(f"{path}: unknown label file type {ext or '(none)'!r} (use .pt, .npy, .npz or .h5)")
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """First line of an exception's message, without terminal escape codes."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return _CONTROL.sub("", text[0]).strip() if text else type(exc).__name__
 
 
 def _pick(mapping: dict, key: str | None, path: str):
@@ -101,8 +107,13 @@ def _load_torch(path: str, key: str | None):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise InputError(f"{path}: refused: the file holds objects other than tensors "
-                         f"(loaded with weights_only=True; {_one_line(exc)[:120]})") from None
+        msg = str(exc)
+        if "Unsupported operand" in msg:  # not a pickle stream at all
+            raise InputError(f"{path}: not a readable torch file (corrupt or not a torch.save file)") from None
+        if "Weights only load failed" in msg:
+            raise InputError(f"{path}: refused: the file holds objects other than tensors "
+                             "(torch files are loaded with weights_only=True)") from None
+        raise InputError(f"{path}: not a readable torch file ({_one_line(exc)[:160]})") from None
     except RuntimeError as exc:
         raise InputError(f"{path}: not a readable torch file ({_one_line(exc)[:160]})") from None
     kind = None
@@ -134,6 +145,7 @@ def _load_h5(path: str, key: str | None):
         for name in ("logits", "probs"):
             if name in names:
                 key = name
+                break
         if key is None:
             if len(names) != 1:
                 raise InputError(f"{path}: name the dataset as {path}:DATASET (datasets: {', '.join(names) or 'none'})")

@@ -15,7 +15,8 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: f
     """Per-row KL(softmax(p/T) || softmax(q/T)) in nats."""
     logp = torch.log_softmax(p_logits / temperature, dim=1)
     logq = torch.log_softmax(q_logits / temperature, dim=1)
-    return (logp.exp() * (logp - logq)).sum(dim=1)
+    # clamp: rounding can make a KL of identical rows a hair below zero
+    return (logp.exp() * (logp - logq)).sum(dim=1).clamp_min(0.0)
 
 
 def compare(p_logits: torch.Tensor, q_logits: torch.Tensor, temperatures=(1.0,)) -> dict:
@@ -44,7 +45,7 @@ def reader_fidelity(reader, reference, temperatures=None, batch_size: int = 8192
     n = rows.shape[0]
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        p = _log_space(torch.from_numpy(np.asarray(rows[start:stop], dtype=np.float32)), reference.kind)
+        p = _log_space(torch.from_numpy(np.array(rows[start:stop], dtype=np.float32)), reference.kind)
         q = reader.decode(slice(start, stop), as_="log_probs")
         part = compare(p, q, temperatures)
         w = (stop - start)

@@ -103,7 +103,7 @@ def format_stats(s: dict) -> str:
     lines.append("  compression ratio of the whole file against the same labels stored as:")
     for name, b in s["baselines"].items():
         label = {"fp32": "raw FP32", "fp16": "raw FP16"}.get(name, f"FKD {name} (ids + FP16)")
-        lines.append(f"    {label:<26} {b['bits_per_label']:>8,} bits/label   {b['ratio']:>9.1f}x smaller")
+        lines.append(f"    {label:<26} {b['bits_per_label']:>8,} bits/label   {b['ratio']:>9.1f}x")
     if "fidelity" in s:
         f = s["fidelity"]
         lines.append("")

@@ -38,6 +38,9 @@ def full_read(path):
                 c.read_array(sec["name"])
             else:
                 c.read_msgpack(sec["name"])
+        problems = c.verify()  # every section checksum, chunk indexes included
+        if problems:
+            raise FormatError(problems[0], rule="verify")
 
 
 def header_edit(fn):

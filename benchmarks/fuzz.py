@@ -1,0 +1,104 @@
+"""Long mutation-fuzz run of the reader (the CI test runs a bounded count through hypothesis).
+
+    python benchmarks/fuzz.py --cases 100000 [--seed 0]
+
+Each case mutates a golden file (byte flips, overwrites, truncations, insertions, deletions,
+splices; 1-4 at a time), then opens it, decodes every label and verifies every byte.
+Counted: rejected with FormatError (expected), accepted (must be the untouched file),
+any other exception (a crash: a bug), cases over 5 s (a hang), and the peak Python-tracked
+allocation (tracemalloc, numpy included) relative to the file size.
+"""
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import tracemalloc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from slcodec.errors import FormatError  # noqa: E402
+from test_attacks import full_read  # noqa: E402
+from test_fuzz import SEEDS, apply  # noqa: E402
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+def random_mutations(rng, size):
+    muts = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(["flip", "set", "truncate", "insert", "delete", "splice"])
+        pos = rng.randrange(size)
+        arg = {"flip": lambda: rng.randint(1, 255),
+               "set": lambda: bytes(rng.randrange(256) for _ in range(rng.randint(1, 16))),
+               "truncate": lambda: None,
+               "insert": lambda: bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))),
+               "delete": lambda: rng.randint(1, 64),
+               "splice": lambda: rng.randrange(size)}[kind]()
+        muts.append((kind, pos, arg))
+    return muts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    counts = {"rejected": 0, "accepted_unchanged": 0, "accepted_changed": 0, "crash": 0, "hang": 0}
+    worst_ratio, crashes = 0.0, []
+    signal.signal(signal.SIGALRM, _alarm)
+    names = sorted(SEEDS)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.vqsl")
+        for original in SEEDS.values():  # warm up: imports (torch) happen outside the timed, traced cases
+            with open(path, "wb") as f:
+                f.write(original)
+            full_read(path)
+        for i in range(args.cases):
+            original = SEEDS[names[i % len(names)]]
+            data = apply(original, random_mutations(rng, len(original)))
+            with open(path, "wb") as f:
+                f.write(data)
+            tracemalloc.start()
+            signal.alarm(5)
+            try:
+                full_read(path)
+                counts["accepted_unchanged" if data == original else "accepted_changed"] += 1
+            except FormatError:
+                counts["rejected"] += 1
+            except Hang:
+                counts["hang"] += 1
+            except Exception as exc:  # noqa: BLE001 - that is what we are counting
+                counts["crash"] += 1
+                crashes.append(f"case {i}: {type(exc).__name__}: {exc}")
+            finally:
+                signal.alarm(0)
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+            worst_ratio = max(worst_ratio, peak / max(len(data), 1))
+            if (i + 1) % 10000 == 0:
+                print(f"  {i + 1:,} cases, {time.perf_counter() - t0:.0f} s: {counts}", flush=True)
+    elapsed = time.perf_counter() - t0
+    print(f"fuzz: {args.cases:,} cases in {elapsed:.0f} s (seed {args.seed}) on {', '.join(names)}")
+    for k, v in counts.items():
+        print(f"  {k:<20} {v:,}")
+    print(f"  peak traced allocation / file size, worst case: {worst_ratio:.1f}x")
+    for c in crashes[:20]:
+        print("  CRASH", c)
+    return 1 if counts["crash"] or counts["hang"] or counts["accepted_changed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

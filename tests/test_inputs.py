@@ -1,0 +1,471 @@
+"""slcodec.inputs: reading label files (.pt, .npy, .npz, .h5), validating them and telling
+logits from probabilities."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from slcodec.errors import InputError, SlcodecError
+from slcodec.inputs import as_source, detect_kind, load_array, load_labels
+
+SHAPES = [(12, 16), (3, 5, 20)]
+
+
+def make_logits(shape, seed=0, dtype=np.float32):
+    return (np.random.default_rng(seed).normal(size=shape) * 3).astype(dtype)
+
+
+def make_probs(shape, seed=0, dtype=np.float32):
+    x = np.random.default_rng(seed).normal(size=shape) * 3
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
+def truncated_copy(src, dst):
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[:len(data) // 2])
+    return dst
+
+
+# --------------------------------------------------------------------------- .pt
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pt_plain_tensor(tmp_path, shape):
+    x = make_logits(shape)
+    path = str(tmp_path / "labels.pt")
+    torch.save(torch.from_numpy(x), path)
+    src = load_labels(path)
+    assert src.shape == shape
+    assert src.array.dtype == np.float32
+    np.testing.assert_array_equal(src.array, x)
+    assert src.kind == "logits"
+    assert src.path == path
+    assert src.classes == shape[-1]
+    assert src.count == int(np.prod(shape[:-1]))
+    assert src.rows().shape == (src.count, shape[-1])
+    np.testing.assert_array_equal(src.rows(), x.reshape(-1, shape[-1]))
+
+
+def test_pt_dict_with_logits_entry(tmp_path):
+    x = make_logits((12, 16))
+    path = str(tmp_path / "labels.pt")
+    torch.save({"logits": torch.from_numpy(x), "epoch": torch.tensor(3)}, path)
+    src = load_labels(path)
+    np.testing.assert_array_equal(src.array, x)
+    assert src.kind == "logits"
+    assert "'logits'" in src.kind_reason
+
+
+def test_pt_dict_with_probs_entry(tmp_path):
+    p = make_probs((3, 5, 20))
+    path = str(tmp_path / "labels.pt")
+    torch.save({"probs": torch.from_numpy(p)}, path)
+    src = load_labels(path)
+    np.testing.assert_array_equal(src.array, p)
+    assert src.kind == "probs"
+    assert src.shape == (3, 5, 20)
+
+
+def test_pt_dict_named_key(tmp_path):
+    x = make_logits((12, 16), seed=1)
+    other = make_logits((12, 16), seed=2)
+    path = str(tmp_path / "labels.pt")
+    torch.save({"teacher": torch.from_numpy(x), "student": torch.from_numpy(other)}, path)
+    np.testing.assert_array_equal(load_labels(path + ":teacher").array, x)
+    np.testing.assert_array_equal(load_labels(path + ":student").array, other)
+    with pytest.raises(InputError, match="several entries"):
+        load_labels(path)
+    with pytest.raises(InputError, match="no entry 'nope'"):
+        load_labels(path + ":nope")
+
+
+def test_pt_bfloat16_is_widened_to_float32(tmp_path):
+    t = torch.from_numpy(make_logits((12, 16))).bfloat16()
+    path = str(tmp_path / "labels.pt")
+    torch.save(t, path)
+    src = load_labels(path)
+    assert src.array.dtype == np.float32
+    np.testing.assert_array_equal(src.array, t.float().numpy())
+    assert src.kind == "logits"
+
+
+def test_pt_float16_kept(tmp_path):
+    x = make_logits((12, 16), dtype=np.float16)
+    path = str(tmp_path / "labels.pt")
+    torch.save(torch.from_numpy(x), path)
+    src = load_labels(path)
+    assert src.array.dtype == np.float16
+    np.testing.assert_array_equal(src.array, x)
+
+
+# --------------------------------------------------------------------------- .npy / .npz
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_npy(tmp_path, shape, dtype):
+    x = make_logits(shape, dtype=dtype)
+    path = str(tmp_path / "labels.npy")
+    np.save(path, x)
+    src = load_labels(path)
+    assert src.shape == shape
+    assert src.array.dtype == dtype
+    np.testing.assert_array_equal(src.array, x)
+    assert src.kind == "logits"
+
+
+def test_npz_single_unnamed_array(tmp_path):
+    x = make_logits((12, 16))
+    path = str(tmp_path / "labels.npz")
+    np.savez(path, x)  # stored as arr_0
+    src = load_labels(path)
+    np.testing.assert_array_equal(src.array, x)
+    assert src.kind == "logits"
+    assert src.path == path
+
+
+def test_npz_named_logits_preferred(tmp_path):
+    x = make_logits((3, 5, 20))
+    path = str(tmp_path / "labels.npz")
+    np.savez(path, other=make_logits((3, 5, 20), seed=9), logits=x)
+    src = load_labels(path)
+    np.testing.assert_array_equal(src.array, x)
+    assert src.kind == "logits"
+    assert "'logits'" in src.kind_reason
+
+
+def test_npz_named_probs(tmp_path):
+    p = make_probs((12, 16))
+    path = str(tmp_path / "labels.npz")
+    np.savez(path, probs=p)
+    src = load_labels(path)
+    np.testing.assert_array_equal(src.array, p)
+    assert src.kind == "probs"
+
+
+def test_npz_key_spec(tmp_path):
+    a, b = make_logits((12, 16), seed=1), make_logits((12, 16), seed=2)
+    path = str(tmp_path / "labels.npz")
+    np.savez(path, a=a, b=b)
+    np.testing.assert_array_equal(load_labels(path + ":b").array, b)
+    np.testing.assert_array_equal(load_labels(path + ":a").array, a)
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value) and "several entries" in str(exc.value)
+    with pytest.raises(InputError, match="no entry 'c'"):
+        load_labels(path + ":c")
+
+
+# --------------------------------------------------------------------------- .h5
+def test_h5_named_dataset(tmp_path):
+    a, b = make_logits((12, 16), seed=1), make_logits((12, 16), seed=2)
+    path = str(tmp_path / "labels.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("teacher_a", data=a)
+        f.create_dataset("teacher_b", data=b)
+    src = load_labels(path + ":teacher_b")
+    np.testing.assert_array_equal(src.array, b)
+    assert src.path == path
+    np.testing.assert_array_equal(load_labels(path + ":teacher_a").array, a)
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value) and "teacher_a" in str(exc.value)
+    with pytest.raises(InputError, match="no dataset 'missing'"):
+        load_labels(path + ":missing")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_h5_single_dataset_auto_picked(tmp_path, shape, compression):
+    x = make_logits(shape)
+    path = str(tmp_path / "labels.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("whatever", data=x, compression=compression)
+    src = load_labels(path)
+    assert src.shape == shape
+    np.testing.assert_array_equal(np.asarray(src.array), x)
+    assert src.kind == "logits"
+
+
+def test_h5_nested_group_path(tmp_path):
+    p = make_probs((3, 5, 20))
+    path = str(tmp_path / "labels.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("run1/teacher/probs", data=p)
+        f.create_dataset("run1/meta", data=np.arange(4.0))
+    src = load_labels(path + ":run1/teacher/probs")
+    np.testing.assert_array_equal(np.asarray(src.array), p)
+    assert src.kind == "probs"  # named by the leaf of the dataset path
+    assert src.shape == (3, 5, 20)
+
+
+def test_h5_logits_entry_preferred_like_other_formats(tmp_path):
+    # .pt and .npz files holding both 'logits' and 'probs' are read as their 'logits' entry;
+    # an .h5 file with the same two datasets must be read the same way.
+    x = make_logits((12, 16))
+    p = make_probs((12, 16), seed=5)
+    npz = str(tmp_path / "both.npz")
+    np.savez(npz, logits=x, probs=p)
+    pt = str(tmp_path / "both.pt")
+    torch.save({"logits": torch.from_numpy(x), "probs": torch.from_numpy(p)}, pt)
+    h5 = str(tmp_path / "both.h5")
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("logits", data=x)
+        f.create_dataset("probs", data=p)
+    for path in (npz, pt, h5):
+        src = load_labels(path)
+        assert src.kind == "logits", path
+        np.testing.assert_array_equal(np.asarray(src.array), x)
+
+
+# --------------------------------------------------------------------------- logits vs probs
+def test_softmax_rows_detected_as_probs():
+    src = as_source(make_probs((12, 16)))
+    assert src.kind == "probs"
+    assert src.kind_reason.startswith("detected")
+
+
+def test_fp16_softmax_rows_detected_as_probs():
+    p = make_probs((3, 5, 20), dtype=np.float16)
+    assert np.abs(p.astype(np.float64).sum(-1) - 1).max() > 1e-4  # fp16 rounding exceeds the fp32 tolerance
+    assert as_source(p).kind == "probs"
+
+
+def test_random_normal_detected_as_logits():
+    src = as_source(make_logits((12, 16)))
+    assert src.kind == "logits"
+    assert "negative" in src.kind_reason
+
+
+def test_nonnegative_rows_not_summing_to_one_are_logits():
+    x = np.abs(make_logits((12, 16))) + 0.5
+    kind, reason = detect_kind(x)
+    assert kind == "logits"
+    assert "sum to 1" in reason
+
+
+def test_forced_logits_on_probs_data():
+    src = as_source(make_probs((12, 16)), input_kind="logits")
+    assert src.kind == "logits"
+    assert src.kind_reason == "forced by --input-kind"
+
+
+def test_forced_probs_on_probs_data():
+    src = as_source(make_probs((12, 16)), input_kind="probs")
+    assert src.kind == "probs"
+    assert src.kind_reason == "forced by --input-kind"
+
+
+def test_forced_probs_in_load_labels(tmp_path):
+    path = str(tmp_path / "p.npy")
+    np.save(path, make_probs((3, 5, 20)))
+    assert load_labels(path, input_kind="probs").kind == "probs"
+    assert load_labels(path, input_kind="logits").kind == "logits"
+    assert load_labels(path).kind == "probs"
+
+
+def test_forcing_probs_on_negative_data_raises(tmp_path):
+    path = str(tmp_path / "x.npy")
+    np.save(path, make_logits((12, 16)))
+    with pytest.raises(InputError) as exc:
+        load_labels(path, input_kind="probs")
+    assert path in str(exc.value) and "negative" in str(exc.value)
+
+
+def test_forcing_probs_on_unnormalised_data_raises():
+    with pytest.raises(InputError, match="do not sum to 1"):
+        as_source(np.abs(make_logits((12, 16))), input_kind="probs")
+
+
+def test_probs_entry_that_is_not_probs_raises(tmp_path):
+    path = str(tmp_path / "x.pt")
+    torch.save({"probs": torch.from_numpy(make_logits((12, 16)))}, path)
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value)
+
+
+def test_unknown_input_kind_raises():
+    with pytest.raises(InputError, match="input kind"):
+        as_source(make_logits((12, 16)), input_kind="logprobs")
+
+
+def test_as_source_accepts_torch_tensors():
+    t = torch.from_numpy(make_logits((3, 5, 20))).bfloat16()
+    src = as_source(t)
+    assert src.array.dtype == np.float32
+    assert src.shape == (3, 5, 20)
+    np.testing.assert_array_equal(src.array, t.float().numpy())
+
+
+# --------------------------------------------------------------------------- errors
+def _save_npy(arr):
+    def write(path):
+        np.save(path, arr)
+    return write
+
+
+def _save_pt(obj):
+    def write(path):
+        torch.save(obj, path)
+    return write
+
+
+def _nan():
+    x = make_logits((12, 16))
+    x[7, 3] = np.nan
+    return x
+
+
+def _inf():
+    x = make_logits((3, 5, 20))
+    x[1, 2, 0] = -np.inf
+    return x
+
+
+def _truncated_npy(path):
+    full = path + ".full.npy"
+    np.save(full, make_logits((12, 16)))
+    truncated_copy(full, path)
+
+
+def _truncated_pt(path):
+    full = path + ".full.pt"
+    torch.save(torch.from_numpy(make_logits((12, 16))), full)
+    truncated_copy(full, path)
+
+
+def _truncated_npz(path):
+    full = path + ".full.npz"
+    np.savez(full, logits=make_logits((12, 16)))
+    truncated_copy(full, path)
+
+
+def _truncated_h5(path):
+    full = path + ".full.h5"
+    with h5py.File(full, "w") as f:
+        f.create_dataset("logits", data=make_logits((12, 16)))
+    truncated_copy(full, path)
+
+
+ERROR_CASES = [
+    ("nan.npy", _save_npy(_nan()), "NaN"),
+    ("inf.npy", _save_npy(_inf()), "Inf"),
+    ("nan.pt", _save_pt(torch.from_numpy(_nan())), "NaN"),
+    ("rank1.npy", _save_npy(make_logits((16,))), "shape"),
+    ("rank4.npy", _save_npy(make_logits((2, 3, 4, 5))), "shape"),
+    ("c1.npy", _save_npy(make_logits((12, 1))), "class"),
+    ("empty.npy", _save_npy(np.zeros((0, 16), np.float32)), "empty"),
+    ("empty3.npy", _save_npy(np.zeros((3, 0, 20), np.float32)), "empty"),
+    ("int.npy", _save_npy(np.arange(12 * 16).reshape(12, 16)), "int64"),
+    ("int.pt", _save_pt(torch.arange(12 * 16).reshape(12, 16)), "int64"),
+    ("bool.npy", _save_npy(np.ones((12, 16), dtype=bool)), "bool"),
+    ("trunc.npy", _truncated_npy, "cannot read"),
+    ("trunc.pt", _truncated_pt, "torch"),
+    ("trunc.npz", _truncated_npz, ""),
+    ("trunc.h5", _truncated_h5, "cannot read"),
+    ("dictint.pt", _save_pt({"a": 1}), "holds a int"),
+    ("list.pt", _save_pt([torch.zeros(3, 4)]), "holds a list"),
+    ("objects.npz", lambda p: np.savez(p, a=np.array([{"x": 1}], dtype=object)), "cannot read"),
+    ("unknown.txt", lambda p: open(p, "w").write("1 2 3\n"), "unknown label file type"),
+    ("noext", lambda p: open(p, "wb").write(b"\0" * 64), "unknown label file type"),
+    ("garbage.pt", lambda p: open(p, "wb").write(b"definitely not a torch file"), ""),
+    ("zero.npy", lambda p: open(p, "wb").write(b""), "cannot read"),
+]
+
+
+@pytest.mark.parametrize("name,write,fragment", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_bad_input_raises_input_error_naming_the_file(tmp_path, name, write, fragment):
+    path = str(tmp_path / name)
+    write(path)
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value)
+    assert fragment in str(exc.value)
+
+
+def test_nan_message_names_the_row(tmp_path):
+    path = str(tmp_path / "nan.npy")
+    np.save(path, _nan())
+    with pytest.raises(InputError, match="row 7 "):
+        load_labels(path)
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nope.npy")
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value) and "no such file" in str(exc.value)
+
+
+def test_missing_file_with_key(tmp_path):
+    path = str(tmp_path / "nope.h5")
+    with pytest.raises(InputError) as exc:
+        load_labels(path + ":logits")
+    assert path in str(exc.value) and "no such file" in str(exc.value)
+
+
+def test_folder(tmp_path):
+    folder = tmp_path / "labels.npy"
+    folder.mkdir()
+    with pytest.raises(InputError) as exc:
+        load_labels(str(folder))
+    assert str(folder) in str(exc.value) and "folder" in str(exc.value)
+
+
+def test_input_error_is_an_slcodec_error():
+    assert issubclass(InputError, SlcodecError)
+
+
+# --------------------------------------------------------------------------- pickle payloads
+class _OpenPayload:
+    """Unpickling this object calls open(marker, 'w') - it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class _ExecPayload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("payload", [_OpenPayload, _ExecPayload])
+@pytest.mark.parametrize("wrap", ["bare", "dict"])
+def test_pickle_payload_is_refused_and_not_run(tmp_path, payload, wrap):
+    def build(marker, path):
+        obj = payload(str(marker))
+        if wrap == "dict":
+            obj = {"logits": torch.zeros(3, 4), "extra": obj}
+        torch.save(obj, path)
+
+    # The payload is live: an unsafe load runs it (and creates its marker) ...
+    control_marker = tmp_path / "control-marker"
+    control = str(tmp_path / "control.pt")
+    build(control_marker, control)
+    torch.load(control, weights_only=False)
+    assert control_marker.exists()
+
+    # ... but load_labels refuses it without running it.
+    marker = tmp_path / "marker"
+    path = str(tmp_path / "payload.pt")
+    build(marker, path)
+    with pytest.raises(InputError) as exc:
+        load_labels(path)
+    assert path in str(exc.value)
+    assert not marker.exists()
+    assert sorted(os.listdir(tmp_path)) == ["control-marker", "control.pt", "payload.pt"]
+
+
+def test_load_array_returns_key_kind(tmp_path):
+    path = str(tmp_path / "x.npz")
+    np.savez(path, probs=make_probs((12, 16)))
+    arr, kind = load_array(path)
+    assert kind == "probs"
+    assert arr.shape == (12, 16)
