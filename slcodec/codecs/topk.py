@@ -37,9 +37,13 @@ class TopK(Codec):
         k = self._k(labels.shape[1])
         labels = labels.detach().to(torch.float32)
         probs = torch.softmax(labels, dim=1) if ctx.source_kind == "logits" else labels
-        # A stable descending sort breaks ties by the lower class id, on every device (topk does not).
-        values, ids = torch.sort(probs, dim=1, descending=True, stable=True)
-        values, ids = values[:, :k], ids[:, :k]
+        # Select on a unique integer key so that ties go to the lower class id on every device
+        # (torch.topk's order among equal values is unspecified): the bits of a non-negative
+        # float32 order like the float, and the low word ranks lower ids higher.
+        bits = probs.clamp_min(0.0).contiguous().view(torch.int32).to(torch.int64)
+        key = (bits << 32) | (0xFFFFFFFF - torch.arange(probs.shape[1], device=probs.device))
+        ids = torch.topk(key, k, dim=1, largest=True, sorted=True).indices
+        values = torch.gather(probs, 1, ids)
         return {"ids": ids.cpu().numpy().astype(self._id_dtype(labels.shape[1])),
                 "values": values.cpu().numpy().astype(np.float16)}
 
