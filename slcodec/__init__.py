@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 
 from .errors import ConfigError, FormatError, InputError, SlcodecError  # noqa: E402
 
-__all__ = ["__version__", "encode", "open", "Reader", "SlcodecError", "FormatError", "InputError",
+__all__ = ["__version__", "encode", "open", "Reader", "Writer", "SlcodecError", "FormatError", "InputError",
            "ConfigError"]
 
 
@@ -12,4 +12,7 @@ def __getattr__(name):
     if name in ("encode", "open", "Reader"):
         from . import api
         return getattr(api, name)
+    if name == "Writer":
+        from .writer import Writer
+        return Writer
     raise AttributeError(f"module 'slcodec' has no attribute {name!r}")

@@ -5,21 +5,21 @@ import builtins
 import math
 import os
 import tempfile
-import time
 
 import numpy as np
 
 from . import __version__
 from .codecs.base import Context, get_codec_class
-from .container import DEFAULT_CHUNK_ROWS, Container, ContainerWriter, StreamBuilder
+from .container import Container
 from .errors import ConfigError, FormatError, SlcodecError
 from .inputs import LabelSource, as_source
+from .writer import RowReader, Writer, encode_block_rows, stream_chunk_rows
 
 #: codecs tried in this order when none is named
 DEFAULT_CODECS = ("vq", "fp16")
-#: rows handed to a codec's fit() at most (evenly spaced over the set); a codec may sample further
-FIT_ROWS_MAX_BYTES = 1 << 31
 DECODED_KINDS = ("probs", "logits", "log_probs")
+#: streams whose decoded size is at most this are held in memory for random access (see read_streams)
+RESIDENT_STREAM_BYTES = 256 << 20
 
 
 def default_codec() -> str:
@@ -28,22 +28,8 @@ def default_codec() -> str:
     return next(c for c in DEFAULT_CODECS if c in known)
 
 
-def _fit_rows(rows: np.ndarray) -> np.ndarray:
-    n, c = rows.shape
-    limit = max(1, FIT_ROWS_MAX_BYTES // (4 * c))
-    if n <= limit:
-        return np.asarray(rows, dtype=np.float32)
-    pick = np.linspace(0, n - 1, limit).round().astype(np.int64)
-    return np.asarray(rows[pick], dtype=np.float32)
-
-
 def _stream_chunk_rows(dtype: str, width: int) -> int:
-    # Index streams: 4096 rows a chunk (small enough for random access, large enough for zstd).
-    # Wide value streams: about 1 MiB a chunk.
-    row_bytes = np.dtype(dtype).itemsize * width
-    if row_bytes * DEFAULT_CHUNK_ROWS <= (1 << 20):
-        return DEFAULT_CHUNK_ROWS
-    return max(16, 1 << int(math.log2(max(1, (1 << 20) // row_bytes))))
+    return stream_chunk_rows(dtype, width)
 
 
 def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "auto", device: str = "cpu",
@@ -55,18 +41,19 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     shape ``[N, C]`` or ``[images, augmentations, C]``.  With ``path`` the file is written
     atomically and the path returned; without it the container's bytes are returned.
     Codec options are keyword arguments (``k=5`` for ``topk``, ``bits=40`` for ``vq`` ...).
-    """
-    import torch
 
+    This is :class:`slcodec.Writer` fed from an array: a codec that learns parameters is
+    fitted on ``fit_sample`` evenly spaced rows of the input (all rows when there are
+    fewer; ``fit_sample`` is the codec's option, or a keyword of the writer), then the rows
+    are read and encoded in blocks of at most ``batch_size`` rows (and at most 32 MiB as
+    float32).  A memory-mapped ``.npy`` or contiguous ``.h5`` input is read with plain
+    file reads, block by block, so inputs larger than memory stream through.
+    """
     src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
     codec_id = codec or default_codec()
-    codec_obj = get_codec_class(codec_id)(**codec_config)
-    device = resolve_device(device)
-    ctx = Context(source_kind=src.kind, classes=src.classes, device=device, seed=seed, progress=progress, log=log)
-    rows = src.rows()
-    n = rows.shape[0]
-    if batch_size < 1:
-        raise ConfigError("batch_size must be positive")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        get_codec_class(codec_id)  # an unknown codec is reported first
+        raise ConfigError("batch_size must be a positive integer")
 
     if path is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -76,45 +63,24 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
             with builtins.open(out, "rb") as f:
                 return f.read()
 
-    t0 = time.perf_counter()
-    codec_obj.fit(torch.from_numpy(_fit_rows(rows)), ctx)
-    t_fit = time.perf_counter() - t0
-    specs = codec_obj.stream_specs(src.classes)
-    builders = {name: StreamBuilder(dtype, width, chunk_rows=_stream_chunk_rows(dtype, width))
-                for name, (dtype, width) in specs.items()}
-    with ContainerWriter(path) as writer:
-        for name, arr in codec_obj.get_params().items():
-            writer.add_array("params/" + name, arr)
-        t1 = time.perf_counter()
-        for start in range(0, n, batch_size):
-            block = torch.from_numpy(np.asarray(rows[start:start + batch_size], dtype=np.float32))
-            streams = codec_obj.encode(block, ctx)
-            if set(streams) != set(specs):
-                raise RuntimeError(f"codec {codec_id} returned streams {sorted(streams)}, declared {sorted(specs)}")
-            for name, arr in streams.items():
-                builders[name].append(arr)
+    prov = {"created_by": f"slcodec {__version__}", "source": os.path.basename(src.path),
+            "source_shape": list(src.shape), "source_dtype": str(src.array.dtype),
+            "input_kind_reason": src.kind_reason}
+    prov.update(provenance or {})
+    rows = src.rows()
+    n = rows.shape[0]
+    with Writer(path, codec_id, classes=src.classes, shape=src.shape[:-1], source_kind=src.kind, device=device,
+                seed=seed, augment=augment, provenance=prov, source_dtype=str(src.array.dtype),
+                chunk_rows=_stream_chunk_rows, progress=progress, log=log, **codec_config) as writer, \
+            RowReader(rows) as reader:
+        if writer.needs_fit:
+            writer.fit(reader.evenly_spaced(writer.fit_sample))
+        step = encode_block_rows(src.classes, batch_size)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            writer.append(reader.read(start, stop))
             if progress is not None:
-                progress(min(n, start + batch_size), n, "encode")
-        t_assign = time.perf_counter() - t1
-        writer.add_msgpack("augment", augment or {"mode": "none"})
-        prov = {"created_by": f"slcodec {__version__}", "source": os.path.basename(src.path),
-                "source_shape": list(src.shape), "source_dtype": str(src.array.dtype),
-                "input_kind_reason": src.kind_reason}
-        prov.update(provenance or {})
-        writer.add_msgpack("provenance", prov)
-        for name, builder in builders.items():
-            writer.add_stream("streams/" + name, builder)
-        info = dict(codec_obj.fit_info)
-        info.update({"fit_seconds": round(t_fit, 3), "encode_seconds": round(t_assign, 3), "device": device})
-        temps = codec_obj.config.get("temperature", [1.0])
-        header = {
-            "labels": {"count": n, "shape": list(src.shape), "classes": src.classes, "source_kind": src.kind,
-                       "source_dtype": str(src.array.dtype),
-                       "temperatures": [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]},
-            "codec": {"id": codec_id, "config": codec_obj.get_config(), "info": info},
-            "created_by": f"slcodec {__version__}",
-        }
-        writer.commit(header)
+                progress(stop, n, "encode")
     return path
 
 
@@ -195,6 +161,7 @@ class Reader:
                                   f"expected {self.count}x{width} {dtype}", rule="codec-streams")
             self.streams[name] = s
         self.decoded_kind = self.codec.decoded_kind(self.source_kind)
+        self._resident = None
 
     def _ctx(self, device):
         return Context(source_kind=self.source_kind, classes=self.classes, device=device)
@@ -249,6 +216,8 @@ class Reader:
         except ImportError:
             pass
         arr = np.asarray(index)
+        if arr.size == 0 and arr.dtype.kind == "f":  # an empty list: no labels, as x[[]] in numpy
+            arr = arr.astype(np.int64)
         if arr.dtype == bool or arr.dtype.kind not in "iu":
             raise IndexError(f"{what} index must be integers or a slice, got {arr.dtype}")
         arr = arr.astype(np.int64)
@@ -258,11 +227,25 @@ class Reader:
 
     # -- decoding ---------------------------------------------------------
     def read_streams(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        """The raw stream rows of the given flat label indices (numpy, no torch needed)."""
+        """The raw stream rows of the given flat label indices (numpy, no torch needed).
+
+        Random access to narrow streams (the index streams of learned codecs: a few bytes per
+        label) decodes them whole once per process and then gathers rows from memory, so a
+        shuffled training loop does not decompress a chunk per label.  Wide streams (raw
+        values) are read chunk by chunk."""
         if flat.size and np.all(np.diff(flat) == 1):
             lo, hi = int(flat[0]), int(flat[-1]) + 1
+            if self._resident is not None:
+                return {name: arr[lo:hi] for name, arr in self._resident.items()}
             return {name: s.read_rows(lo, hi) for name, s in self.streams.items()}
+        if self._resident is None and flat.size > 1 and self._resident_bytes() <= RESIDENT_STREAM_BYTES:
+            self._resident = {name: s.read_rows(0, s.rows) for name, s in self.streams.items()}
+        if self._resident is not None:
+            return {name: arr[flat] for name, arr in self._resident.items()}
         return {name: s.take(flat) for name, s in self.streams.items()}
+
+    def _resident_bytes(self) -> int:
+        return sum(s.rows * s.width * s.dtype.itemsize for s in self.streams.values())
 
     def verify_streams(self, batch_size: int = 1 << 16) -> None:
         """Check every stream value against the codec's ranges (raises FormatError)."""
@@ -329,4 +312,4 @@ def _convert(values, kind: str, as_: str, t: float):
     return torch.softmax(logits / t, dim=1)
 
 
-__all__ = ["encode", "open", "Reader", "SlcodecError"]
+__all__ = ["encode", "open", "Reader", "Writer", "SlcodecError"]

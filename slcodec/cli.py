@@ -115,6 +115,41 @@ def cmd_encode(args):
     return EXIT_OK
 
 
+def cmd_import(args):
+    from . import api
+    from .importers import import_folder
+
+    _check_output(args.output)
+    if not os.path.isdir(args.folder):
+        raise UsageError(f"{args.folder}: not a folder")
+    codec_id = args.codec or api.default_codec()
+    config = _chosen_codec_options(args, codec_id)
+    t0 = time.perf_counter()
+    import_folder(args.folder, args.output, args.layout, codec=codec_id, classes=args.classes, device=args.device,
+                  seed=args.seed, provenance={"teacher": args.teacher} if args.teacher else None,
+                  progress=_progress_printer(args.quiet), **config)
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        from .container import Container
+        from .stats import file_stats
+        with Container.open(args.output) as c:
+            s = file_stats(c)
+        aug = s["groups"].get("augmentation", {"bits_per_label": 0.0})
+        print(f"wrote {args.output}: {s['labels']:,} labels {s['shape']}, {s['file_bytes']:,} bytes, "
+              f"{s['bits_per_label']:.2f} bits/label ({s['marginal_bits_per_label']:.2f} in label streams, "
+              f"{aug['bits_per_label']:.2f} in augmentation records), codec {codec_id}, {elapsed:.1f} s",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_export(args):
+    from .importers import export_folder
+    export_folder(args.input, args.output, args.layout, device=args.device, progress=_progress_printer(args.quiet))
+    if not args.quiet:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _check_output(path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -322,6 +357,32 @@ def build_parser():
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    im = sub.add_parser("import", help="import a framework's label folder (SRe2L/CDA/LPLD, LPQLD, FKD) with its "
+                                       "augmentation parameters")
+    im.add_argument("folder", help="sre2l/lpqld: the folder holding epoch_*/batch_*.tar; fkd: the folder of "
+                                   "per-image files")
+    im.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
+    im.add_argument("--layout", required=True, choices=("sre2l", "lpqld", "fkd"),
+                    help="sre2l (also CDA, LPLD), lpqld or fkd")
+    im.add_argument("--classes", type=int, default=None,
+                    help="number of classes (needed for lpqld and fkd, whose files keep only the top k)")
+    im.add_argument("--codec", default=None, help="codec id (default: vq when available, else fp16)")
+    im.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    im.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
+    im.add_argument("--teacher", default=None, help="teacher name stored as provenance")
+    im.add_argument("-q", "--quiet", action="store_true")
+    _add_codec_options(im)
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a framework's label folder back from a .vqsl file with an explicit "
+                                       "augmentation record")
+    ex.add_argument("input")
+    ex.add_argument("-o", "--output", required=True, help="the folder to create (must not exist, or be empty)")
+    ex.add_argument("--layout", default=None, choices=("sre2l", "fkd"), help="default: the layout recorded in the file")
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("-q", "--quiet", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     m = sub.add_parser("demo", help="encode the bundled real-teacher labels and report bits and fidelity")
     m.add_argument("--output-dir", default=None)

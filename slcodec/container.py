@@ -46,6 +46,7 @@ MAX_CHUNK_BYTES = 1 << 30
 CHUNK_ENTRY = struct.Struct("<QII")  # end offset, crc32 of the stored chunk bytes, reserved (0)
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_ZSTD_LEVEL = 19
+WIDE_ZSTD_LEVEL = 3
 
 
 def align_up(n: int) -> int:
@@ -106,10 +107,14 @@ class StreamBuilder:
     """Collects the rows of one stream section, chunk by chunk, compressed as they arrive."""
 
     def __init__(self, dtype, width: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 coding: str = "zstd", level: int = DEFAULT_ZSTD_LEVEL, filters=None):
+                 coding: str = "zstd", level: int | None = None, filters=None):
         self.dtype = np.dtype(dtype).newbyteorder("<")
         if self.dtype.name not in schema.DTYPES:
             raise ValueError(f"unsupported stream dtype {self.dtype}")
+        if level is None:
+            # Narrow index streams are small and compress well: spend effort.  Wide value streams
+            # (raw FP16/FP32 labels) barely compress and level 19 runs at under 1 MB/s on them.
+            level = DEFAULT_ZSTD_LEVEL if int(width) * self.dtype.itemsize <= 64 else WIDE_ZSTD_LEVEL
         self.width, self.chunk_rows, self.coding, self.level = int(width), int(chunk_rows), coding, level
         if filters is None:
             filters = (["transpose"] if width > 1 else []) + (["byteshuffle"] if self.dtype.itemsize > 1 else [])
@@ -144,6 +149,10 @@ class StreamBuilder:
             data = self._cctx.compress(data)
         self._chunks.append(data)
 
+    def _meta(self) -> dict:
+        return {"dtype": self.dtype.name, "rows": self.rows, "width": self.width,
+                "chunk_rows": self.chunk_rows, "coding": self.coding, "filters": self.filters}
+
     def finish(self) -> tuple[dict, bytes]:
         if self._pending_rows:
             self._flush(self._pending_rows)
@@ -153,9 +162,70 @@ class StreamBuilder:
             end += len(chunk)
             index += CHUNK_ENTRY.pack(end, crc32(chunk), 0)
         payload = b"".join(self._chunks) + bytes(index)
-        meta = {"dtype": self.dtype.name, "rows": self.rows, "width": self.width,
-                "chunk_rows": self.chunk_rows, "coding": self.coding, "filters": self.filters}
-        return meta, payload
+        return self._meta(), payload
+
+    def finish_parts(self) -> tuple[dict, Iterable]:
+        """Like :meth:`finish`, but the payload as an iterable of byte strings (written in order)."""
+        meta, payload = self.finish()
+        return meta, [payload]
+
+    def close(self) -> None:
+        """Release what the builder holds (nothing to do for an in-memory builder)."""
+
+
+class SpooledStreamBuilder(StreamBuilder):
+    """A :class:`StreamBuilder` that keeps its compressed chunks in a temporary file, not in memory.
+
+    Only the chunk index (16 bytes a chunk) stays in memory, so a stream of any size is built
+    with memory bounded by one chunk.  The spool is an anonymous temporary file in ``folder``
+    (no name on Linux, so a crash leaves nothing behind); :meth:`finish_parts` copies it into
+    the container in pieces.  The bytes are those :class:`StreamBuilder` would produce.
+    """
+
+    COPY_BYTES = 1 << 20
+
+    def __init__(self, dtype, width: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 coding: str = "zstd", level: int | None = None, filters=None, folder=None):
+        super().__init__(dtype, width, chunk_rows=chunk_rows, coding=coding, level=level, filters=filters)
+        self._spool = tempfile.TemporaryFile(dir=folder, prefix=".slcodec-spool-")
+        self._index = bytearray()
+        self._end = 0
+
+    def _flush(self, n: int) -> None:
+        super()._flush(n)
+        chunk = self._chunks.pop()
+        self._spool.write(chunk)
+        self._end += len(chunk)
+        self._index += CHUNK_ENTRY.pack(self._end, crc32(chunk), 0)
+
+    @property
+    def spooled_bytes(self) -> int:
+        return self._end
+
+    def finish(self) -> tuple[dict, bytes]:
+        meta, parts = self.finish_parts()
+        return meta, b"".join(parts)
+
+    def finish_parts(self) -> tuple[dict, Iterable]:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        return self._meta(), self._parts()
+
+    def _parts(self):
+        self._spool.flush()
+        self._spool.seek(0)
+        left = self._end
+        while left:
+            piece = self._spool.read(min(left, self.COPY_BYTES))
+            if not piece:
+                raise OSError(f"stream spool file ended {left} bytes early")
+            left -= len(piece)
+            yield piece
+        yield bytes(self._index)
+
+    def close(self) -> None:
+        if not self._spool.closed:
+            self._spool.close()
 
 
 # --------------------------------------------------------------------------- writer
@@ -191,19 +261,28 @@ class ContainerWriter:
             self.abort()
 
     def _add(self, name: str, kind: str, payload, meta: dict) -> None:
+        self._add_parts(name, kind, [payload], meta)
+
+    def _add_parts(self, name: str, kind: str, parts: Iterable, meta: dict) -> None:
+        """Write one section whose payload is the concatenation of ``parts`` (buffers)."""
         if name in self._names:
             raise ValueError(f"duplicate section name {name!r}")
         if len(name) > schema.MAX_NAME:
             raise ValueError(f"section name too long: {name!r}")
         self._names.add(name)
-        payload = memoryview(payload).cast("B")
         offset = self._pos
-        self._f.write(payload)
-        end = offset + len(payload)
+        length = 0
+        crc = 0
+        for part in parts:
+            part = memoryview(part).cast("B")
+            self._f.write(part)
+            length += len(part)
+            crc = zlib.crc32(part, crc)
+        end = offset + length
         pad = align_up(end) - end
         self._f.write(b"\0" * pad)
         self._pos = end + pad
-        entry = {"name": name, "kind": kind, "offset": offset, "length": len(payload), "crc32": crc32(payload)}
+        entry = {"name": name, "kind": kind, "offset": offset, "length": length, "crc32": crc & 0xFFFFFFFF}
         entry.update(meta)
         self.sections.append(entry)
 
@@ -216,8 +295,8 @@ class ContainerWriter:
         self._add(name, "array", data.reshape(-1).view(np.uint8), {"dtype": le.name, "shape": list(array.shape)})
 
     def add_stream(self, name: str, builder: StreamBuilder) -> None:
-        meta, payload = builder.finish()
-        self._add(name, "stream", payload, meta)
+        meta, parts = builder.finish_parts()
+        self._add_parts(name, "stream", parts, meta)
 
     def add_msgpack(self, name: str, obj) -> None:
         self._add(name, "msgpack", _pack_msgpack(obj), {})

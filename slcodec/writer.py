@@ -1,0 +1,460 @@
+"""Streaming writes: :class:`Writer` fits a codec on a sample, then encodes batches as they come.
+
+::
+
+    with slcodec.Writer("labels.vqsl", codec="vq", classes=1000, shape=[images, views]) as w:
+        for batch in teacher_batches():          # [n, C] logits, numpy or torch, any device
+            w.append(batch)
+    # closed: the file is in place, verified; on an exception nothing was written
+
+Fitting.  A codec that learns parameters (``vq``) is fitted on the *first* ``fit_sample``
+rows appended (or on an explicit sample given to :meth:`Writer.fit` before the first
+``append``).  Rows that arrive before the sample is complete are held - at most
+``fit_sample`` rows plus the last batch, in the batch's own dtype - and encoded right after
+the fit.  Codecs without parameters (``fp32``, ``fp16``, ``topk``) hold nothing: every
+batch is encoded when appended.  ``fit_sample`` defaults to the codec's own ``fit_sample``
+option when it has one (vq: 100,000), else 100,000; it is capped so the float32 sample
+stays under 2 GiB.  :func:`slcodec.encode`, which has the whole input at hand, instead
+fits on ``fit_sample`` evenly spaced rows of the input (all rows when there are fewer).
+
+Memory.  Each stream's compressed chunks go to an anonymous temporary file in the output's
+folder (:class:`~slcodec.container.SpooledStreamBuilder`); only the chunk index stays in
+memory.  So memory is bounded by the batch being encoded, the fit sample and one chunk per
+stream, whatever the number of labels.  Disk: the spool files, then the container, which
+:meth:`Writer.close` writes (as :class:`~slcodec.container.ContainerWriter` does: temporary
+file, fsync, verification, atomic rename) - about twice the output size at the peak.
+
+Failure.  :meth:`Writer.abort` (called by the context manager on an exception, and by
+``append``/``close`` when they fail after validation) removes every temporary file; an
+existing file at ``path`` is untouched until ``close`` succeeds.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import time
+
+import numpy as np
+
+from . import __version__
+from .codecs.base import SOURCE_KINDS, Codec, Context, get_codec_class
+from .container import DEFAULT_CHUNK_ROWS, ContainerWriter, SpooledStreamBuilder
+from .errors import ConfigError, InputError
+
+#: default number of rows a fitting codec is fitted on (when the codec has no fit_sample option)
+DEFAULT_FIT_SAMPLE = 100_000
+#: the float32 fit sample is kept under this many bytes
+FIT_ROWS_MAX_BYTES = 1 << 31
+#: slcodec.encode reads and encodes its input in blocks of at most this many float32 bytes
+ENCODE_BLOCK_BYTES = 32 << 20
+RESERVED_SECTIONS = ("augment", "provenance")
+
+
+def stream_chunk_rows(dtype: str, width: int) -> int:
+    """Rows a chunk: 4096 for narrow streams (random access, zstd context), about 1 MiB a
+    chunk for wide value streams (never fewer than 16 rows)."""
+    row_bytes = np.dtype(dtype).itemsize * width
+    if row_bytes * DEFAULT_CHUNK_ROWS <= (1 << 20):
+        return DEFAULT_CHUNK_ROWS
+    return max(16, 1 << int(math.log2(max(1, (1 << 20) // row_bytes))))
+
+
+def encode_block_rows(classes: int, batch_size: int) -> int:
+    """Rows slcodec.encode hands to the writer at a time: ``batch_size``, capped to a power of
+    two that keeps one float32 block under ENCODE_BLOCK_BYTES."""
+    cap = max(1, ENCODE_BLOCK_BYTES // (4 * classes))
+    return max(1, min(batch_size, 1 << int(math.log2(cap))))
+
+
+class Writer:
+    """Write a ``.vqsl`` file batch by batch (see the module documentation).
+
+    ``classes``: C.  ``shape``: the leading shape of the label set, ``[N]`` or ``[images,
+    augmentations]``; checked at :meth:`close`; ``None`` stores a flat ``[N, C]`` set.
+    ``source_kind``: ``"logits"`` or ``"probs"``.  ``augment`` and ``provenance``: the maps
+    stored in the ``augment`` and ``provenance`` sections (``provenance`` gets a
+    ``created_by`` entry).  Codec options are keyword arguments, as for :func:`slcodec.encode`.
+    ``chunk_rows``: a function ``(dtype, width) -> rows per chunk`` (default
+    :func:`stream_chunk_rows`).
+    """
+
+    def __init__(self, path, codec: str | None = None, *, classes: int, shape=None, source_kind: str = "logits",
+                 device: str = "cpu", seed: int = 0, fit_sample: int | None = None, augment: dict | None = None,
+                 provenance: dict | None = None, source_dtype: str | None = None, chunk_rows=None,
+                 progress=None, log=None, **codec_config):
+        from .api import default_codec, resolve_device
+
+        self.path = os.fspath(path)
+        self._state = "new"
+        self._builders: dict = {}
+        self._extra: dict = {}
+        self._held: list = []
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{self.path}: folder {folder} does not exist")
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"{self.path}: is a folder")
+        self.folder = folder
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
+            raise ConfigError(f"classes must be an integer >= 2, got {classes!r}")
+        self.classes = int(classes)
+        if source_kind not in SOURCE_KINDS:
+            raise ConfigError(f"source_kind must be one of {', '.join(SOURCE_KINDS)}, got {source_kind!r}")
+        self.source_kind = source_kind
+        if shape is not None:
+            shape = [int(s) for s in shape]
+            if len(shape) not in (1, 2) or min(shape) < 1:
+                raise ConfigError(f"shape must be [N] or [images, augmentations] of positive sizes, got {shape}")
+        self.shape = shape
+        self.codec_id = codec or default_codec()
+        cls = get_codec_class(self.codec_id)
+        own = {o.name for o in cls.options}
+        if fit_sample is not None:
+            if isinstance(fit_sample, bool) or not isinstance(fit_sample, (int, np.integer)) or fit_sample < 1:
+                raise ConfigError(f"fit_sample must be a positive integer, got {fit_sample!r}")
+            if "fit_sample" in own:
+                codec_config["fit_sample"] = int(fit_sample)
+        self.codec = cls(**codec_config)
+        if fit_sample is None:
+            fit_sample = self.codec.config["fit_sample"] if "fit_sample" in own else DEFAULT_FIT_SAMPLE
+        self.fit_sample = int(min(fit_sample, max(1, FIT_ROWS_MAX_BYTES // (4 * self.classes))))
+        #: whether the codec learns parameters (and so needs a fit sample)
+        self.needs_fit = type(self.codec).fit is not Codec.fit
+        self.device = resolve_device(device)
+        self.ctx = Context(source_kind=source_kind, classes=self.classes, device=self.device, seed=seed,
+                           progress=progress, log=log)
+        self.augment = augment
+        self.provenance = provenance
+        self.source_dtype = source_dtype
+        self._chunk_rows = chunk_rows or stream_chunk_rows
+        self._held_rows = 0
+        self.count = 0
+        self._specs = None
+        self._t_fit = 0.0
+        self._t_encode = 0.0
+        self._state = "open"
+
+    # -- context management ------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        elif self._state == "open":
+            self.close()
+
+    def __repr__(self):
+        return f"<slcodec.Writer {self.path!r} codec={self.codec_id} labels={self.count} {self._state}>"
+
+    @property
+    def fitted(self) -> bool:
+        return self._specs is not None
+
+    def _check_open(self):
+        if self._state != "open":
+            raise ValueError(f"writer for {self.path} is {self._state}")
+
+    # -- labels --------------------------------------------------------------
+    def _as_block(self, labels):
+        """Labels -> a 2-D torch tensor [n, C] (not copied; any floating dtype, any device)."""
+        import torch
+        if isinstance(labels, torch.Tensor):
+            t = labels.detach()
+        else:
+            arr = np.asarray(labels)
+            if arr.dtype.kind != "f":
+                raise InputError(f"labels are {arr.dtype}, expected floating point")
+            native = arr.dtype.newbyteorder("=")
+            if arr.dtype != native or not arr.flags.writeable or not arr.flags.c_contiguous:
+                arr = np.array(arr, dtype=native, order="C")  # a copy torch can own
+            t = torch.from_numpy(arr)
+        if not t.dtype.is_floating_point:
+            raise InputError(f"labels are {t.dtype}, expected floating point")
+        if t.ndim < 1 or t.shape[-1] != self.classes:
+            raise InputError(f"labels have shape {list(t.shape)}; expected [..., {self.classes}]")
+        t = t.reshape(-1, self.classes)
+        if t.shape[0] and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t).all(dim=1)).nonzero()[0, 0])
+            raise InputError(f"label row {self.count + self._unencoded_rows() + bad} holds NaN or Inf")
+        return t
+
+    def _unencoded_rows(self):
+        return self._held_rows
+
+    def append(self, labels) -> None:
+        """Add labels ``[n, C]`` (or ``[..., C]``): numpy or torch, logits or probabilities as
+        declared by ``source_kind``.  They are encoded now, or held until the fit sample is
+        complete.  The caller may reuse its buffer afterwards."""
+        self._check_open()
+        block = self._as_block(labels)
+        n = block.shape[0]
+        if n == 0:
+            return
+        if self.shape is not None and self.count + self._held_rows + n > math.prod(self.shape):
+            raise ConfigError(f"more labels appended than the declared shape {self.shape} holds")
+        if self.source_dtype is None:
+            self.source_dtype = str(block.dtype).replace("torch.", "")
+        try:
+            if self.fitted:
+                self._encode(block)
+            elif not self.needs_fit:
+                self._fit(block[:0])  # a codec without parameters: fit() does nothing
+                self._encode(block)
+            else:
+                self._held.append(block.to("cpu", copy=True))
+                self._held_rows += n
+                if self._held_rows >= self.fit_sample:
+                    self._fit_held()
+        except BaseException:
+            self.abort()
+            raise
+
+    def fit(self, sample) -> None:
+        """Fit the codec on ``sample`` ``[n, C]`` now, instead of on the first appended rows.
+        Rows appended before are held no longer: they are encoded right after."""
+        self._check_open()
+        if self.fitted:
+            raise ValueError("the codec is already fitted")
+        block = self._as_block(sample)
+        if block.shape[0] == 0:
+            raise ConfigError("cannot fit on an empty sample")
+        try:
+            self._fit(block)
+            self._flush_held()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _fit_held(self):
+        import torch
+        held = torch.cat(self._held) if len(self._held) > 1 else self._held[0]
+        self._held = [held]
+        self._fit(held[:self.fit_sample])
+        self._flush_held()
+
+    def _flush_held(self):
+        held, self._held = self._held, []
+        for block in held:
+            self._encode(block)
+            self._held_rows -= block.shape[0]
+
+    def _fit(self, sample):
+        import torch
+        t0 = time.perf_counter()
+        self.codec.fit(sample.to(self.device, torch.float32), self.ctx)
+        self._t_fit += time.perf_counter() - t0
+        specs = self.codec.stream_specs(self.classes)
+        self._builders = {name: SpooledStreamBuilder(dtype, width, chunk_rows=self._chunk_rows(dtype, width),
+                                                     folder=self.folder)
+                          for name, (dtype, width) in specs.items()}
+        self._specs = specs
+
+    def _encode(self, block):
+        import torch
+        t0 = time.perf_counter()
+        streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
+        if set(streams) != set(self._specs):
+            raise RuntimeError(f"codec {self.codec_id} returned streams {sorted(streams)}, "
+                               f"declared {sorted(self._specs)}")
+        for name, arr in streams.items():
+            if len(arr) != block.shape[0]:
+                raise RuntimeError(f"codec {self.codec_id} returned {len(arr)} rows of stream {name!r} "
+                                   f"for {block.shape[0]} labels")
+            self._builders[name].append(arr)
+        self.count += block.shape[0]
+        self._t_encode += time.perf_counter() - t0
+
+    # -- extra sections ----------------------------------------------------
+    def add_stream(self, name: str, dtype, width: int, chunk_rows: int | None = None) -> SpooledStreamBuilder:
+        """Declare an extra stream section (e.g. ``augment/coords``) and return its builder;
+        ``builder.append(rows)`` adds rows (spooled like the label streams).  Its rows need not
+        be one per label.  Names ``params/...``, ``streams/...``, ``augment`` and ``provenance``
+        are reserved."""
+        self._check_open()
+        self._check_name(name)
+        dtype = np.dtype(dtype).name
+        b = SpooledStreamBuilder(dtype, width, chunk_rows=chunk_rows or self._chunk_rows(dtype, width),
+                                 folder=self.folder)
+        self._extra[name] = ("stream", b)
+        return b
+
+    def add_msgpack(self, name: str, obj) -> None:
+        """An extra msgpack section, written at :meth:`close`."""
+        self._check_open()
+        self._check_name(name)
+        self._extra[name] = ("msgpack", obj)
+
+    def _check_name(self, name):
+        if name.startswith(("params/", "streams/")) or name in RESERVED_SECTIONS:
+            raise ValueError(f"section name {name!r} is reserved")
+        if name in self._extra:
+            raise ValueError(f"duplicate section name {name!r}")
+
+    # -- finishing ---------------------------------------------------------------
+    def close(self) -> str:
+        """Fit (if the sample never filled), encode what is held, and write the file atomically."""
+        if self._state == "closed":
+            return self.path
+        self._check_open()
+        try:
+            if not self.fitted:
+                if not self._held_rows:
+                    raise ConfigError(f"{self.path}: no labels were appended")
+                self._fit_held()
+            if self.shape is not None and self.count != math.prod(self.shape):
+                raise ConfigError(f"{self.path}: {self.count} labels appended, shape {self.shape} "
+                                  f"needs {math.prod(self.shape)}")
+            self._write()
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
+        self._state = "closed"
+        return self.path
+
+    def _write(self):
+        codec = self.codec
+        lead = self.shape if self.shape is not None else [self.count]
+        info = dict(codec.fit_info)
+        info.update({"fit_seconds": round(self._t_fit, 3), "encode_seconds": round(self._t_encode, 3),
+                     "device": self.device})
+        temps = codec.config.get("temperature", [1.0])
+        header = {
+            "labels": {"count": self.count, "shape": [*lead, self.classes], "classes": self.classes,
+                       "source_kind": self.source_kind, "source_dtype": str(self.source_dtype),
+                       "temperatures": [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]},
+            "codec": {"id": self.codec_id, "config": codec.get_config(), "info": info},
+            "created_by": f"slcodec {__version__}",
+        }
+        prov = {"created_by": f"slcodec {__version__}"}
+        prov.update(self.provenance or {})
+        with ContainerWriter(self.path) as writer:
+            for name, arr in codec.get_params().items():
+                writer.add_array("params/" + name, arr)
+            writer.add_msgpack("augment", self.augment or {"mode": "none"})
+            writer.add_msgpack("provenance", prov)
+            for name, builder in self._builders.items():
+                writer.add_stream("streams/" + name, builder)
+            for name, (kind, obj) in self._extra.items():
+                if kind == "stream":
+                    writer.add_stream(name, obj)
+                else:
+                    writer.add_msgpack(name, obj)
+            writer.commit(header)
+
+    def abort(self) -> None:
+        """Drop everything written so far; an existing file at ``path`` is left as it was."""
+        if self._state in ("closed", "aborted"):
+            return
+        self._release()
+        self._state = "aborted"
+
+    def _release(self):
+        for b in self._builders.values():
+            b.close()
+        for kind, obj in self._extra.values():
+            if kind == "stream":
+                obj.close()
+        self._held = []
+        self._held_rows = 0
+
+
+# --------------------------------------------------------------------------- reading inputs
+class RowReader:
+    """Reads row blocks of a 2-D label array without keeping them resident.
+
+    For a memory-mapped ``.npy`` (or a contiguous ``.h5`` dataset, which slcodec maps the
+    same way) blocks are read with plain file reads into fresh buffers, so the pages of the
+    mapping are never touched and the process's resident memory stays at one block however
+    large the file; any other array is indexed as it is.
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self.n, self.classes = rows.shape
+        self.dtype = rows.dtype
+        self._row_bytes = self.classes * rows.dtype.itemsize
+        self._f = None
+        self._offset = None
+        try:
+            self._open_file()
+        except (OSError, ValueError, TypeError, AttributeError):
+            self.close()
+
+    def _open_file(self):
+        rows = self.rows
+        mm = getattr(rows, "_mmap", None)
+        name = getattr(rows, "filename", None)
+        if not isinstance(rows, np.memmap) or mm is None or not name or not rows.flags.c_contiguous or self.n == 0:
+            return
+        if getattr(rows, "mode", None) == "c":  # copy-on-write: changes made in memory are not in the file
+            return
+        base = np.frombuffer(mm, dtype=np.uint8)
+        rel = rows.ctypes.data - base.ctypes.data
+        del base
+        map_start = rows.offset - rows.offset % mmap.ALLOCATIONGRANULARITY
+        offset = map_start + rel
+        f = open(name, "rb", buffering=0)
+        self._f, self._offset = f, offset
+        # one row read both ways must agree, else fall back to indexing the map
+        if not np.array_equal(self._pread(0, 1), np.asarray(rows[:1]), equal_nan=True):
+            self.close()
+
+    @property
+    def uses_file_reads(self) -> bool:
+        return self._f is not None
+
+    def _pread(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, self.classes), dtype=self.dtype)
+        view = memoryview(out).cast("B")
+        self._f.seek(self._offset + start * self._row_bytes)
+        got = 0
+        while got < len(view):
+            k = self._f.readinto(view[got:])
+            if not k:
+                raise InputError(f"{self._f.name}: file ended early (truncated while reading?)")
+            got += k
+        return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as an array that owns its memory."""
+        if self._f is not None:
+            return self._pread(start, stop)
+        return np.array(self.rows[start:stop])
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rows at sorted ``index``."""
+        index = np.asarray(index, dtype=np.int64)
+        if self._f is None:
+            return np.array(self.rows[index])
+        out = np.empty((index.size, self.classes), dtype=self.dtype)
+        # consecutive runs are read at once
+        breaks = np.nonzero(np.diff(index) != 1)[0] + 1
+        pos = 0
+        for run in np.split(index, breaks):
+            if run.size:
+                out[pos:pos + run.size] = self._pread(int(run[0]), int(run[-1]) + 1)
+                pos += run.size
+        return out
+
+    def evenly_spaced(self, k: int) -> np.ndarray:
+        """``k`` evenly spaced rows (first and last included), or all rows when there are fewer."""
+        if self.n <= k:
+            return self.read(0, self.n)
+        return self.take(np.unique(np.linspace(0, self.n - 1, k).round().astype(np.int64)))
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+        self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Writer", "RowReader", "stream_chunk_rows", "DEFAULT_FIT_SAMPLE"]
