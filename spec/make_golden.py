@@ -29,6 +29,11 @@ def cases():
         "v1.0-fp32-probs": (probs32, "fp32", {}, "probs", 0.0, "1.0"),
         "v1.0-fp16-logits": (logits16, "fp16", {}, "logits", 0.0, "1.0"),
         "v1.0-topk5-logits": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.0"),
+        # a tiny learned codec: decoding is float32 arithmetic on stored FP16 weights, so the
+        # expected probabilities hold to a tolerance across machines (the indices are exact)
+        "v1.0-vq-tiny-logits": (np.load(FIXTURE)[:4, :16], "vq",
+                                {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
+                                 "train_batch": 64}, "probs", 1e-4, "1.0"),
     }
 
 

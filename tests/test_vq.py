@@ -18,7 +18,7 @@ from slcodec.codecs.vq import TOP1_RANKS, VQCodec, apply_top1, nominal_bits, rat
 from slcodec.errors import ConfigError, FormatError  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "slcodec" / "data" / "lite0_8x64_fp16.npy"
-TINY = dict(codes=2, codebook_size=16, code_dim=4, hidden=32, steps=40, batch_size=64)
+TINY = dict(codes=2, codebook_size=16, code_dim=4, hidden=32, steps=40, train_batch=64)
 
 
 def _fixture():
@@ -117,7 +117,7 @@ def test_argmax_guaranteed(data):
     if kind == "probs":
         x = torch.softmax(x, 1)
     ctx = Context(source_kind=kind, classes=C, seed=data.draw(st.integers(0, 3), label="seed"))
-    codec = VQCodec(codes=1, codebook_size=4, code_dim=2, hidden=8, steps=4, batch_size=8)
+    codec = VQCodec(codes=1, codebook_size=4, code_dim=2, hidden=8, steps=4, train_batch=8)
     codec.fit(x, ctx)
     streams, z = _roundtrip(codec, x, ctx)
     assert z.dtype == torch.float32 and z.shape == (n, C)
@@ -142,7 +142,7 @@ def test_top1_symbols_and_apply():
 def test_code_usage_on_real_labels():
     x = _fixture()
     ctx = Context(classes=x.shape[1], seed=0)
-    codec = VQCodec(codes=2, codebook_size=32, code_dim=4, hidden=64, steps=150, batch_size=128)
+    codec = VQCodec(codes=2, codebook_size=32, code_dim=4, hidden=64, steps=150, train_batch=128)
     codec.fit(x, ctx)
     info = codec.fit_info
     msgpack.packb(info, use_bin_type=True)

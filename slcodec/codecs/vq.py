@@ -349,7 +349,7 @@ class VQCodec(Codec):
         Option("margin", float, 0.01, "decoded logit[argmax] exceeds the others by at least this (nats)"),
         Option("fit_sample", int, 100_000, "fit on at most this many labels (deterministic subsample)"),
         Option("steps", int, 3000, "training steps (warmup + VQ + finetune)"),
-        Option("batch_size", int, 512, "training batch size"),
+        Option("train_batch", int, 512, "training batch size (labels per step)"),
         Option("lr", float, 2e-3, "Adam learning rate (cosine decay)"),
         Option("warmup", float, 0.1, "fraction of steps as a plain autoencoder before k-means init"),
         Option("finetune", float, 0.25, "fraction of steps refitting the decoder on frozen indices"),
@@ -377,7 +377,7 @@ class VQCodec(Codec):
         for name in ("codes", "codebook_size", "encoder_hidden"):
             if c[name] is not None:
                 c[name] = int(c[name])
-        for name in ("code_dim", "hidden", "fit_sample", "steps", "batch_size",
+        for name in ("code_dim", "hidden", "fit_sample", "steps", "train_batch",
                      "topk_input", "batch_rows"):
             c[name] = int(c[name])
             if c[name] < 1:
@@ -479,7 +479,7 @@ class VQCodec(Codec):
         n_warm = int(round(steps * cfg["warmup"]))
         n_ft = int(round(steps * cfg["finetune"]))
         n_vq = steps - n_warm - n_ft
-        B = min(cfg["batch_size"], n)
+        B = min(cfg["train_batch"], n)
         margin = cfg["margin"]
         beta, decay = 0.25, 0.99
 
@@ -718,6 +718,15 @@ class VQCodec(Codec):
             self._fast[key] = _FastDecoder(self._dec, dev)
         return self._fast[key]
 
+    def validate_streams(self, streams, classes):
+        codes, v = np.asarray(streams["codes"]), np.asarray(streams["top1"]).reshape(-1)
+        if codes.size and int(codes.max()) >= self.K:
+            raise FormatError(f"vq: code {int(codes.max())} out of range (codebook size {self.K})",
+                              rule="codec-streams")
+        if v.size and (int(v.max()) >= TOP1_RANKS + classes
+                       or bool(((v >= classes) & (v < TOP1_RANKS)).any())):
+            raise FormatError("vq: top1 value out of range", rule="codec-streams")
+
     def decode(self, streams, ctx: Context):
         if self._dec is None:
             raise ConfigError("vq: decode needs parameters (fit or set_params first)")
@@ -727,11 +736,11 @@ class VQCodec(Codec):
         n = v.shape[0]
         if idx.shape != (n, self.M):
             raise FormatError(f"vq: codes stream is {list(idx.shape)}, expected [{n}, {self.M}]",
-                              rule="codec-params")
+                              rule="codec-streams")
         if n and (int(idx.min()) < 0 or int(idx.max()) >= self.K
                   or int(v.min()) < 0 or int(v.max()) >= TOP1_RANKS + self._classes
                   or bool(((v >= self._classes) & (v < TOP1_RANKS)).any())):
-            raise FormatError("vq: stream value out of range", rule="codec-params")
+            raise FormatError("vq: stream value out of range", rule="codec-streams")
         fast = self._fast_for(dev)
         out = torch.empty((n, self._classes), dtype=torch.float32, device=dev)
         br = self._batch_rows()
