@@ -65,7 +65,7 @@ def _add_codec_options(parser):
         return
     group = parser.add_argument_group("codec options (each applies to the codecs named in its help)")
     for name, (opt, owners) in sorted(options.items()):
-        kwargs = {"type": opt.type, "default": None, "dest": "codec_opt_" + name,
+        kwargs = {"type": opt.type, "default": None, "dest": "codec_opt_" + name, "metavar": name.upper(),
                   "help": f"[{', '.join(owners)}] {opt.help} (default: {opt.default})"}
         if opt.nargs:
             kwargs["nargs"] = opt.nargs
