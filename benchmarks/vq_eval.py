@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import pickle
 import statistics
 import sys
 import time
@@ -111,8 +110,6 @@ def main(argv=None):
     ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--json")
-    ap.add_argument("--save", help="pickle the fitted codec here (a trusted local scratch file)")
-    ap.add_argument("--load", help="reuse a codec pickled by --save instead of fitting (timing reruns)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,17 +120,9 @@ def main(argv=None):
     codec = VQCodec(**config)
     ctx = Context(source_kind="logits", classes=C, device=args.device, seed=args.seed,
                   log=lambda m: print(m, file=sys.stderr))
-    if args.load:
-        with open(args.load, "rb") as f:
-            codec = pickle.load(f)
-        fit_s = codec.fit_info.get("fit_seconds")
-    else:
-        t = time.perf_counter()
-        codec.fit(x, ctx)
-        fit_s = time.perf_counter() - t
-    if args.save:
-        with open(args.save, "wb") as f:
-            pickle.dump(codec, f)
+    t = time.perf_counter()
+    codec.fit(x, ctx)
+    fit_s = time.perf_counter() - t
 
     xd = x.to(args.device)
     enc_s, enc_all, streams = timed(lambda: codec.encode(xd, ctx), args.repeats)
