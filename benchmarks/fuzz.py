@@ -5,8 +5,9 @@
 Each case mutates a golden file (byte flips, overwrites, truncations, insertions, deletions,
 splices; 1-4 at a time), then opens it, decodes every label and verifies every byte.
 Counted: rejected with FormatError (expected), accepted (must be the untouched file),
-any other exception (a crash: a bug), cases over 5 s (a hang), and the peak Python-tracked
-allocation (tracemalloc, numpy included) relative to the file size.
+any other exception (a crash: a bug), cases over 5 s (a hang), the peak Python-tracked
+allocation (tracemalloc, numpy included) relative to the file size (floored at 4 KiB), and
+the rejections by FORMAT.md rule.
 """
 import argparse
 import os
@@ -56,7 +57,7 @@ def main():
     args = ap.parse_args()
     rng = random.Random(args.seed)
     counts = {"rejected": 0, "accepted_unchanged": 0, "accepted_changed": 0, "crash": 0, "hang": 0}
-    worst_ratio, crashes = 0.0, []
+    worst_ratio, crashes, rules, worst_case = 0.0, [], {}, None
     signal.signal(signal.SIGALRM, _alarm)
     names = sorted(SEEDS)
     t0 = time.perf_counter()
@@ -76,8 +77,9 @@ def main():
             try:
                 full_read(path)
                 counts["accepted_unchanged" if data == original else "accepted_changed"] += 1
-            except FormatError:
+            except FormatError as exc:
                 counts["rejected"] += 1
+                rules[exc.rule] = rules.get(exc.rule, 0) + 1
             except Hang:
                 counts["hang"] += 1
             except Exception as exc:  # noqa: BLE001 - that is what we are counting
@@ -87,14 +89,17 @@ def main():
                 signal.alarm(0)
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
-            worst_ratio = max(worst_ratio, peak / max(len(data), 1))
+            # ratio to the file size, with a floor of one 4 KiB page for (truncated) tiny files
+            if peak / max(len(data), 4096) > worst_ratio:
+                worst_ratio, worst_case = peak / max(len(data), 4096), (i, peak, len(data))
             if (i + 1) % 10000 == 0:
                 print(f"  {i + 1:,} cases, {time.perf_counter() - t0:.0f} s: {counts}", flush=True)
     elapsed = time.perf_counter() - t0
     print(f"fuzz: {args.cases:,} cases in {elapsed:.0f} s (seed {args.seed}) on {', '.join(names)}")
     for k, v in counts.items():
         print(f"  {k:<20} {v:,}")
-    print(f"  peak traced allocation / file size, worst case: {worst_ratio:.1f}x")
+    print(f"  peak traced allocation / max(file size, 4 KiB), worst case: {worst_ratio:.1f}x (case, bytes, file size: {worst_case})")
+    print("  rejections by rule: " + ", ".join(f"{r} {n:,}" for r, n in sorted(rules.items(), key=lambda x: -x[1])))
     for c in crashes[:20]:
         print("  CRASH", c)
     return 1 if counts["crash"] or counts["hang"] or counts["accepted_changed"] else 0
