@@ -34,7 +34,8 @@ def _stream_chunk_rows(dtype: str, width: int) -> int:
 
 def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "auto", device: str = "cpu",
            seed: int = 0, provenance: dict | None = None, augment: dict | None = None,
-           batch_size: int = 65536, progress=None, log=None, **codec_config):
+           batch_size: int = 65536, shard_rows: int | None = None, shards: int | None = None,
+           progress=None, log=None, **codec_config):
     """Fit ``codec`` on ``labels`` and write a container.
 
     ``labels``: a :class:`~slcodec.inputs.LabelSource`, a numpy array or a torch tensor of
@@ -48,6 +49,9 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     are read and encoded in blocks of at most ``batch_size`` rows (and at most 32 MiB as
     float32).  A memory-mapped ``.npy`` or contiguous ``.h5`` input is read with plain
     file reads, block by block, so inputs larger than memory stream through.
+
+    ``shard_rows`` (or ``shards``, a number of shards of equal size): write a sharded set
+    (format 1.1): ``path`` is the manifest and the shards are ``NAME-00000.vqsl``, ... beside it.
     """
     src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
     codec_id = codec or default_codec()
@@ -58,6 +62,8 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     if path is None:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "labels.vqsl")
+            if shard_rows is not None or shards is not None:
+                raise ConfigError("a sharded set needs a path")
             encode(src, out, codec=codec_id, device=device, seed=seed, provenance=provenance, augment=augment,
                    batch_size=batch_size, progress=progress, log=log, **codec_config)
             with builtins.open(out, "rb") as f:
@@ -69,9 +75,16 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     prov.update(provenance or {})
     rows = src.rows()
     n = rows.shape[0]
+    if shards is not None:
+        if shard_rows is not None:
+            raise ConfigError("give shard_rows or shards, not both")
+        if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+            raise ConfigError(f"shards must be a positive integer, got {shards!r}")
+        shard_rows = max(1, math.ceil(n / shards))
     with Writer(path, codec_id, classes=src.classes, shape=src.shape[:-1], source_kind=src.kind, device=device,
                 seed=seed, augment=augment, provenance=prov, source_dtype=str(src.array.dtype),
-                chunk_rows=_stream_chunk_rows, progress=progress, log=log, **codec_config) as writer, \
+                chunk_rows=_stream_chunk_rows, shard_rows=shard_rows, progress=progress, log=log,
+                **codec_config) as writer, \
             RowReader(rows) as reader:
         if writer.needs_fit:
             writer.fit(reader.evenly_spaced(writer.fit_sample))
@@ -97,8 +110,18 @@ def resolve_device(device) -> str:
 
 
 def open(path) -> "Reader":  # noqa: A001 - mirrors the built-in, as gzip.open does
-    """Open a ``.vqsl`` file for decoding (memory-mapped; nothing is decoded until asked)."""
-    return Reader(path)
+    """Open a ``.vqsl`` file for decoding (memory-mapped; nothing is decoded until asked).
+
+    A manifest of a sharded set (format 1.1) opens as a :class:`ShardedReader`, which has the
+    same API with global label indices."""
+    c = Container.open(path)
+    try:
+        if c.is_manifest:
+            return ShardedReader(path, container=c)
+        return Reader(path, container=c)
+    except BaseException:
+        c.close()
+        raise
 
 
 class Reader:
@@ -109,9 +132,9 @@ class Reader:
     arrays; ``None`` decodes everything in the input's original shape.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, container=None):
         self.path = os.fspath(path)
-        self.container = c = Container.open(self.path)
+        self.container = c = container if container is not None else Container.open(self.path)
         try:
             self._setup()
         except BaseException:
@@ -119,6 +142,18 @@ class Reader:
             raise
 
     def _setup(self):
+        c = self.container
+        if c.is_shard:
+            raise FormatError(f"{self.path}: is a shard of a sharded set (its codec parameters are in the "
+                              "manifest): open the manifest", rule="external-params")
+        specs = self._setup_codec()
+        self.streams = _check_streams(c, self.path, specs, self.count)
+        self.decoded_kind = self.codec.decoded_kind(self.source_kind)
+        self._resident = None
+
+    def _setup_codec(self) -> dict:
+        """Labels and codec from the header, parameters from the params/* sections; returns the
+        codec's stream specs."""
         c = self.container
         h = c.header
         lab = h["labels"]
@@ -149,19 +184,7 @@ class Reader:
             raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
         except FormatError as exc:
             raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
-        present = {name[len("streams/"):] for name in c.sections if name.startswith("streams/")}
-        if present != set(specs):
-            raise FormatError(f"{self.path}: codec {self.codec_id!r} needs streams {sorted(specs)}, "
-                              f"file has {sorted(present)}", rule="codec-streams")
-        self.streams = {}
-        for name, (dtype, width) in specs.items():
-            s = c.stream("streams/" + name)
-            if s.dtype.name != dtype or s.width != width or s.rows != self.count:
-                raise FormatError(f"{self.path}: stream {name!r} is {s.rows}x{s.width} {s.dtype.name}, "
-                                  f"expected {self.count}x{width} {dtype}", rule="codec-streams")
-            self.streams[name] = s
-        self.decoded_kind = self.codec.decoded_kind(self.source_kind)
-        self._resident = None
+        return specs
 
     def _ctx(self, device):
         return Context(source_kind=self.source_kind, classes=self.classes, device=device)
@@ -290,6 +313,103 @@ class Reader:
         return out.reshape(*lead, self.classes)
 
 
+def _check_streams(c: Container, path: str, specs: dict, count: int) -> dict:
+    """The ``streams/*`` sections of ``c``, checked against the codec's specs (codec-streams)."""
+    present = {name[len("streams/"):] for name in c.sections if name.startswith("streams/")}
+    if present != set(specs):
+        raise FormatError(f"{path}: codec needs streams {sorted(specs)}, file has {sorted(present)}",
+                          rule="codec-streams")
+    streams = {}
+    for name, (dtype, width) in specs.items():
+        s = c.stream("streams/" + name)
+        if s.dtype.name != dtype or s.width != width or s.rows != count:
+            raise FormatError(f"{path}: stream {name!r} is {s.rows}x{s.width} {s.dtype.name}, "
+                              f"expected {count}x{width} {dtype}", rule="codec-streams")
+        streams[name] = s
+    return streams
+
+
+class ShardedReader(Reader):
+    """A sharded set (format 1.1) read through its manifest, with global label indices.
+
+    Shards are opened when first needed and checked against the manifest then: file size,
+    header CRC and header fields (count, codec, ``params_sha256``, position).  The full sha256
+    of a shard is checked by :meth:`verify_shards` (``slcodec verify``), not at open: hashing
+    every byte of a large shard would make opening as slow as reading it all, and the bytes a
+    decode reads are checked by their own CRCs anyway."""
+
+    def _setup(self):
+        from .shards import read_shard_table
+        self._specs = self._setup_codec()
+        self.entries = read_shard_table(self.container)
+        self._starts = np.array([e["start"] for e in self.entries], dtype=np.int64)
+        self._shards: dict[int, tuple] = {}
+        self.decoded_kind = self.codec.decoded_kind(self.source_kind)
+        per_label = sum(np.dtype(d).itemsize * w for d, w in self._specs.values())
+        self._allow_resident = per_label * self.count <= RESIDENT_STREAM_BYTES
+        self._resident = None
+
+    @property
+    def streams(self):
+        raise AttributeError("a sharded set has no single stream set; use read_streams()")
+
+    def __repr__(self):
+        return (f"<slcodec.ShardedReader {self.path!r} codec={self.codec_id} shape={list(self.shape)} "
+                f"shards={len(self.entries)}>")
+
+    def _shard(self, k: int):
+        got = self._shards.get(k)
+        if got is None:
+            from .shards import open_shard
+            c = open_shard(self.container, self.entries, k)
+            try:
+                streams = _check_streams(c, c.path, self._specs, self.entries[k]["count"])
+            except BaseException:
+                c.close()
+                raise
+            got = self._shards[k] = (c, streams, {})
+        return got
+
+    def _shard_rows(self, k: int, local: np.ndarray) -> dict:
+        c, streams, state = self._shard(k)
+        if local.size and np.all(np.diff(local) == 1):
+            lo, hi = int(local[0]), int(local[-1]) + 1
+            if "resident" in state:
+                return {name: arr[lo:hi] for name, arr in state["resident"].items()}
+            return {name: s.read_rows(lo, hi) for name, s in streams.items()}
+        if "resident" not in state and self._allow_resident and local.size > 1:
+            state["resident"] = {name: s.read_rows(0, s.rows) for name, s in streams.items()}
+        if "resident" in state:
+            return {name: arr[local] for name, arr in state["resident"].items()}
+        return {name: s.take(local) for name, s in streams.items()}
+
+    def read_streams(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        flat = np.asarray(flat, dtype=np.int64)
+        shard_of = np.searchsorted(self._starts, flat, side="right") - 1
+        if flat.size == 0 or shard_of.min() == shard_of.max():
+            k = int(shard_of[0]) if flat.size else 0
+            return self._shard_rows(k, flat - self._starts[k])
+        out = {name: np.empty((flat.size, width), dtype=np.dtype(dtype).newbyteorder("<"))
+               for name, (dtype, width) in self._specs.items()}
+        for k in np.unique(shard_of):
+            sel = shard_of == k
+            part = self._shard_rows(int(k), flat[sel] - self._starts[k])
+            for name, arr in part.items():
+                out[name][sel] = arr
+        return out
+
+    def verify_shards(self) -> list[str]:
+        """The full check of every shard (sha256 and every byte); the problems found."""
+        from .shards import verify_set
+        return verify_set(self.path)
+
+    def close(self):
+        for c, _, _ in self._shards.values():
+            c.close()
+        self._shards = {}
+        self.container.close()
+
+
 def _to_torch(arr: np.ndarray, device: str):
     import torch
     if arr.dtype in (np.uint16, np.uint32, np.uint64):
@@ -312,4 +432,4 @@ def _convert(values, kind: str, as_: str, t: float):
     return torch.softmax(logits / t, dim=1)
 
 
-__all__ = ["encode", "open", "Reader", "Writer", "SlcodecError"]
+__all__ = ["encode", "open", "Reader", "ShardedReader", "Writer", "SlcodecError"]

@@ -99,16 +99,22 @@ def cmd_encode(args):
     if not args.quiet:
         print(f"input: {src.path} {list(src.shape)} {src.array.dtype}, read as {src.kind.upper()} "
               f"({src.kind_reason}; --input-kind to override)", file=sys.stderr)
+    if args.shards is not None and args.shard_rows is not None:
+        raise UsageError("encode: give --shards or --shard-rows, not both")
     t0 = time.perf_counter()
-    api.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
-               provenance={"teacher": args.teacher} if args.teacher else None,
-               progress=_progress_printer(args.quiet), **config)
+    if args.distributed:
+        from . import distributed
+        distributed.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
+                           provenance={"teacher": args.teacher} if args.teacher else None, **config)
+        if not distributed.is_rank_zero():
+            return EXIT_OK
+    else:
+        api.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
+                   provenance={"teacher": args.teacher} if args.teacher else None,
+                   shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
-        from .container import Container
-        from .stats import file_stats
-        with Container.open(args.output) as c:
-            s = file_stats(c)
+        s = _stats(args.output)
         print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
               f"({s['marginal_bits_per_label']:.2f} in label streams), {s['baselines']['fp16']['ratio']:.1f}x "
               f"smaller than FP16, codec {codec_id}, {elapsed:.1f} s", file=sys.stderr)
@@ -192,11 +198,28 @@ def cmd_decode(args):
     return EXIT_OK
 
 
-def cmd_stats(args):
+def _stats(path) -> dict:
+    """file_stats of a file, or of a whole sharded set when ``path`` is a manifest."""
     from .container import Container
-    from .stats import file_stats, format_stats
-    with Container.open(args.input) as c:
-        s = file_stats(c)
+    from .stats import file_stats
+    with Container.open(path) as c:
+        if not c.is_manifest:
+            return file_stats(c)
+        from .shards import open_shard, read_shard_table
+        entries = read_shard_table(c)
+        opened = []
+        try:
+            for k in range(len(entries)):
+                opened.append(open_shard(c, entries, k))
+            return file_stats(c, shards=opened)
+        finally:
+            for s in opened:
+                s.close()
+
+
+def cmd_stats(args):
+    from .stats import format_stats
+    s = _stats(args.input)
     if args.reference:
         from . import api
         from .inputs import load_labels
@@ -217,11 +240,19 @@ def cmd_verify(args):
     for path in args.inputs:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file")
+        note = ""
         try:
             with Container.open(path) as c:
+                kind = "manifest" if c.is_manifest else "shard" if c.is_shard else "file"
                 problems = c.verify()
-                if not problems and not args.structure_only:
-                    problems = _verify_codec(path)
+            if not problems and kind == "manifest":
+                from .shards import verify_set
+                problems = verify_set(path)  # every shard: presence, size, sha256, every byte
+                note = " (sharded set: manifest and every shard)"
+            if not problems and kind == "shard":
+                note = " (a shard: structure only; the codec checks run from its manifest)"
+            elif not problems and not args.structure_only:
+                problems = _verify_codec(path)
         except FormatError as exc:
             problems = [str(exc)]
         if problems:
@@ -230,8 +261,28 @@ def cmd_verify(args):
                 p = p[len(path) + 2:] if p.startswith(path + ": ") else p
                 print(f"{path}: INVALID: {p}")
         else:
-            print(f"{path}: OK")
+            print(f"{path}: OK{note}")
     return status
+
+
+def cmd_merge(args):
+    from .shards import merge
+    _check_output(args.output)
+    merge(args.input, args.output)
+    if not args.quiet:
+        print(f"wrote {args.output}: {os.path.getsize(args.output):,} bytes (one file)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_split(args):
+    from .shards import split
+    _check_output(args.output)
+    if (args.shards is None) == (args.shard_rows is None):
+        raise UsageError("split: give --shards or --shard-rows")
+    split(args.input, args.output, shards=args.shards, shard_rows=args.shard_rows)
+    if not args.quiet:
+        print(f"wrote {args.output} and its shards", file=sys.stderr)
+    return EXIT_OK
 
 
 def _verify_codec(path) -> list[str]:
@@ -327,9 +378,30 @@ def build_parser():
     e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     e.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
     e.add_argument("--teacher", default=None, help="teacher name stored as provenance")
+    e.add_argument("--shard-rows", type=int, default=None,
+                   help="write a sharded set (format 1.1): OUTPUT is the manifest, shards of this many labels "
+                        "are OUTPUT-00000.vqsl, ... beside it")
+    e.add_argument("--shards", type=int, default=None, help="write a sharded set of this many equal shards")
+    e.add_argument("--distributed", action="store_true",
+                   help="under torchrun: every rank fits the same codec and encodes its own range into its "
+                        "shard; rank 0 writes the manifest OUTPUT")
     e.add_argument("-q", "--quiet", action="store_true")
     _add_codec_options(e)
     e.set_defaults(func=cmd_encode)
+
+    mg = sub.add_parser("merge", help="write a sharded set (its manifest) as one file")
+    mg.add_argument("input", help="the manifest")
+    mg.add_argument("-o", "--output", required=True)
+    mg.add_argument("-q", "--quiet", action="store_true")
+    mg.set_defaults(func=cmd_merge)
+
+    sp = sub.add_parser("split", help="write one file as a sharded set (manifest + shards)")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True, help="the manifest to write; shards go beside it")
+    sp.add_argument("--shards", type=int, default=None, help="number of shards (of equal size)")
+    sp.add_argument("--shard-rows", type=int, default=None, help="labels per shard")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.set_defaults(func=cmd_split)
 
     d = sub.add_parser("decode", help="decode a .vqsl file to a label file")
     d.add_argument("input")

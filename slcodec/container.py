@@ -33,12 +33,19 @@ from .errors import FormatError
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
 FORMAT_MAJOR = 1
+#: minor version written by files that use no 1.1 feature (every 1.0 reader reads them)
 FORMAT_MINOR = 0
+#: minor version written by files that set a format-1.1 required flag (sharded sets)
+FORMAT_MINOR_SHARDED = 1
 ALIGN = 64
 PREAMBLE = struct.Struct("<8sHHIIIQQQI8sI")
 assert PREAMBLE.size == 64
-#: required-feature bits this reader understands (none are defined in format 1.0)
-KNOWN_REQUIRED_FLAGS = 0x0
+#: required flag bit 0 (format 1.1): the file is the manifest of a sharded set (params, no streams)
+FLAG_MANIFEST = 0x1
+#: required flag bit 1 (format 1.1): the file is a shard (streams, its codec parameters are in the manifest)
+FLAG_EXTERNAL_PARAMS = 0x2
+#: required-feature bits this reader understands
+KNOWN_REQUIRED_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS
 MAX_HEADER_BYTES = 16 << 20
 MAX_MSGPACK_SECTION_BYTES = 64 << 20
 #: largest decompressed chunk we accept (declared sizes are checked against it before allocating)
@@ -250,6 +257,7 @@ class ContainerWriter:
         self._names: set[str] = set()
         self._verify = verify
         self.closed = False
+        self.committed = False
 
     def __enter__(self):
         return self
@@ -301,7 +309,11 @@ class ContainerWriter:
     def add_msgpack(self, name: str, obj) -> None:
         self._add(name, "msgpack", _pack_msgpack(obj), {})
 
-    def commit(self, header: dict, required_flags: int = 0, optional_flags: int = 0) -> None:
+    def commit(self, header: dict, required_flags: int = 0, optional_flags: int = 0,
+               publish: bool = True) -> None:
+        """Write the header and preamble, fsync and verify the file, then (``publish``) rename it
+        into place.  With ``publish=False`` the finished file stays at ``tmp_path`` until
+        :meth:`publish` (a sharded set renames its shards, then its manifest)."""
         header = dict(header)
         header["sections"] = self.sections
         data = _pack_msgpack(header)
@@ -311,7 +323,8 @@ class ContainerWriter:
         header_offset = self._pos
         self._f.write(data)
         file_length = header_offset + len(data)
-        pre = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, required_flags, optional_flags, 0,
+        minor = FORMAT_MINOR_SHARDED if required_flags & (FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS) else FORMAT_MINOR
+        pre = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, required_flags, optional_flags, 0,
                             header_offset, len(data), file_length, crc32(data), b"\0" * 8, 0)
         pre = pre[:60] + struct.pack("<I", crc32(pre[:60]))
         self._f.seek(0)
@@ -326,6 +339,18 @@ class ContainerWriter:
                 if problems:
                     raise FormatError(f"written file failed verification: {problems[0]}", rule="self-check")
             os.chmod(self.tmp_path, _output_mode(self.path))
+        except BaseException:
+            self._remove_tmp()
+            raise
+        #: bytes and header CRC of the finished file (a manifest records them for each shard)
+        self.file_length, self.header_crc32 = file_length, crc32(data)
+        self.committed = True
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        """Rename the committed temporary file to ``path`` (atomically replacing any file there)."""
+        try:
             os.replace(self.tmp_path, self.path)
         except BaseException:
             self._remove_tmp()
@@ -457,7 +482,16 @@ class Container:
             raise FormatError(f"{path}: {exc}", rule=exc.rule) from None
         pre = Preamble(major, minor, req, opt, h_off, h_len, f_len, h_crc)
         _check_sections(header, buf, h_off, bad)
+        _check_sharding(header, req, bad)
         return cls(path, buf, pre, header, fileobj, mm)
+
+    @property
+    def is_manifest(self) -> bool:
+        return bool(self.preamble.required_flags & FLAG_MANIFEST)
+
+    @property
+    def is_shard(self) -> bool:
+        return bool(self.preamble.required_flags & FLAG_EXTERNAL_PARAMS)
 
     # -- context management ---------------------------------------------
     def close(self) -> None:
@@ -565,6 +599,26 @@ def _check_sections(header: dict, buf, header_offset: int, bad) -> None:
     if expected != header_offset:
         bad(f"{header_offset - expected} unaccounted bytes between the last section and the header",
             "section-layout")
+
+
+def _check_sharding(header: dict, req: int, bad) -> None:
+    """The format-1.1 rules that need only the header: a manifest holds no streams and a
+    ``shards`` msgpack section; a shard holds no params and names its parameters' hash."""
+    names = [s["name"] for s in header["sections"]]
+    if req & FLAG_MANIFEST:
+        if req & FLAG_EXTERNAL_PARAMS:
+            bad("file is flagged both as a manifest and as a shard", "manifest")
+        if any(n.startswith("streams/") for n in names):
+            bad("a manifest holds streams/* sections (its labels live in its shards)", "manifest")
+        if not any(s["name"] == "shards" and s["kind"] == "msgpack" for s in header["sections"]):
+            bad("a manifest lacks its 'shards' msgpack section", "manifest")
+        if "params_sha256" not in header["codec"]:
+            bad("a manifest's codec map lacks 'params_sha256'", "manifest")
+    elif req & FLAG_EXTERNAL_PARAMS:
+        if any(n.startswith("params/") for n in names):
+            bad("a shard holds params/* sections (its codec parameters live in the manifest)", "external-params")
+        if "params_sha256" not in header["codec"]:
+            bad("a shard's codec map lacks 'params_sha256'", "external-params")
 
 
 def _check_section_meta(sec: dict, bad) -> None:

@@ -8,7 +8,10 @@ The schema language is a small JSON-Schema subset:
 * ``keys``: the known keys of a map, each a schema; ``required``: keys that must be present.
   Unknown keys are ignored so that a later minor version can add optional fields;
 * ``items``: schema of array items; ``min``/``max``: bounds of ints and floats,
-  ``min_items``/``max_items`` of arrays, ``max_len`` of strings; ``enum``: allowed values.
+  ``min_items``/``max_items`` of arrays, ``min_len``/``max_len`` of strings; ``enum``: allowed values.
+
+``SHARDS_SCHEMA`` describes the ``shards`` msgpack section of a format-1.1 manifest (dumped
+beside the header schema as ``shards_section``).
 """
 from __future__ import annotations
 
@@ -69,10 +72,45 @@ HEADER_SCHEMA = {
                 "id": {"type": "str", "max_len": 64},
                 "config": {"type": "map"},
                 "info": {"type": "map"},
+                # format 1.1, manifests and shards: sha256 of the codec's parameters (FORMAT.md)
+                "params_sha256": {"type": "str", "min_len": 64, "max_len": 64},
+            },
+        },
+        # format 1.1, shards: where the shard sits in its set (checked against the manifest)
+        "shard": {
+            "type": "map",
+            "required": ["index", "start"],
+            "keys": {
+                "index": {"type": "int", "min": 0, "max": 2**32},
+                "start": {"type": "int", "min": 0, "max": 2**62},
             },
         },
         "sections": {"type": "array", "max_items": 4096, "items": _SECTION},
         "created_by": {"type": "str", "max_len": 256},
+    },
+}
+
+#: the ``shards`` msgpack section of a manifest (format 1.1)
+SHARDS_SCHEMA = {
+    "type": "map",
+    "required": ["version", "shards"],
+    "keys": {
+        "version": {"type": "int", "min": 1, "max": 1},
+        "shards": {
+            "type": "array", "min_items": 1, "max_items": 1 << 20,
+            "items": {
+                "type": "map",
+                "required": ["file", "start", "count", "bytes", "sha256", "header_crc32"],
+                "keys": {
+                    "file": {"type": "str", "min_len": 1, "max_len": 255},
+                    "start": {"type": "int", "min": 0, "max": 2**62},
+                    "count": {"type": "int", "min": 1, "max": 2**62},
+                    "bytes": {"type": "int", "min": 64, "max": U64},
+                    "sha256": {"type": "str", "min_len": 64, "max_len": 64},
+                    "header_crc32": {"type": "int", "min": 0, "max": 2**32 - 1},
+                },
+            },
+        },
     },
 }
 
@@ -105,6 +143,8 @@ def validate(obj, schema=HEADER_SCHEMA, path="header"):
         bad(f"{obj!r} is above {schema['max']}")
     if "max_len" in schema and len(obj) > schema["max_len"]:
         bad(f"longer than {schema['max_len']} characters")
+    if "min_len" in schema and len(obj) < schema["min_len"]:
+        bad(f"shorter than {schema['min_len']} characters")
     if t == "array":
         if len(obj) < schema.get("min_items", 0):
             bad(f"fewer than {schema['min_items']} items")
@@ -124,7 +164,8 @@ def validate(obj, schema=HEADER_SCHEMA, path="header"):
 
 
 def dump() -> str:
-    return json.dumps({"format": "vqsl", "major": 1, "header": HEADER_SCHEMA}, indent=2, sort_keys=True) + "\n"
+    return json.dumps({"format": "vqsl", "major": 1, "header": HEADER_SCHEMA, "shards_section": SHARDS_SCHEMA},
+                      indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ def topk_bits_per_label(classes: int, k: int) -> int:
     return k * (math.ceil(math.log2(classes)) + 16)
 
 
-def file_stats(container: Container) -> dict:
+def file_stats(container: Container, shards=None) -> dict:
+    """Stats of one file; for a manifest with ``shards`` (its opened shard containers, in
+    order) the stats of the whole set: the shards' sections are added up by name (``streams/ids``
+    is the sum over all shards) and their preambles and headers are the entries ``(shard
+    preambles)`` and ``(shard headers)``; ``file_bytes`` is then the bytes of all the files."""
     h = container.header
     lab = h["labels"]
     n, classes, shape = lab["count"], lab["classes"], lab["shape"]
@@ -43,6 +47,21 @@ def file_stats(container: Container) -> dict:
                         "payload_bytes": sec["length"]})
     entries.append({"name": "(header)", "kind": "header", "group": "overhead",
                     "bytes": container.preamble.header_length})
+    if shards:
+        summed: dict = {}
+        for c in shards:
+            file_bytes += c.preamble.file_length
+            for sec in c.header["sections"]:
+                e = summed.setdefault(sec["name"], {"name": sec["name"], "kind": sec["kind"],
+                                                    "group": section_group(sec["name"]), "bytes": 0,
+                                                    "payload_bytes": 0})
+                e["bytes"] += align_up(sec["offset"] + sec["length"]) - sec["offset"]
+                e["payload_bytes"] += sec["length"]
+        entries.append({"name": "(shard preambles)", "kind": "preamble", "group": "overhead",
+                        "bytes": PREAMBLE.size * len(shards)})
+        entries.extend(summed.values())
+        entries.append({"name": "(shard headers)", "kind": "header", "group": "overhead",
+                        "bytes": sum(c.preamble.header_length for c in shards)})
     total = sum(e["bytes"] for e in entries)
     assert total == file_bytes, "section table does not cover the file"  # guaranteed by the reader's checks
     per = max(n, 1)
@@ -59,6 +78,7 @@ def file_stats(container: Container) -> dict:
         "stats_version": STATS_VERSION,
         "file": os.path.basename(container.path),
         "file_bytes": file_bytes,
+        "files": 1 + len(shards or ()),
         "format_version": f"{container.preamble.major}.{container.preamble.minor}",
         "codec": h["codec"]["id"],
         "codec_config": h["codec"]["config"],
@@ -90,7 +110,8 @@ def file_stats(container: Container) -> dict:
 def format_stats(s: dict) -> str:
     lines = [f"{s['file']}: {s['labels']:,} labels {s['shape']} ({s['source_kind']}), codec {s['codec']} "
              f"{s['codec_config']}",
-             f"file: {s['file_bytes']:,} bytes = {s['bits_per_label']:.2f} bits/label"
+             (f"set of {s['files']} files (manifest + shards)" if s.get("files", 1) > 1 else "file")
+             + f": {s['file_bytes']:,} bytes = {s['bits_per_label']:.2f} bits/label"
              + (f" = {s['bits_per_image']:,.0f} bits/image" if s["bits_per_image"] else ""),
              f"marginal (label streams): {s['marginal_bits_per_label']:.2f} bits/label; "
              f"fixed part: {s['fixed_bytes']:,} bytes",

@@ -82,7 +82,7 @@ class Writer:
     def __init__(self, path, codec: str | None = None, *, classes: int, shape=None, source_kind: str = "logits",
                  device: str = "cpu", seed: int = 0, fit_sample: int | None = None, augment: dict | None = None,
                  provenance: dict | None = None, source_dtype: str | None = None, chunk_rows=None,
-                 progress=None, log=None, **codec_config):
+                 shard_rows: int | None = None, progress=None, log=None, **codec_config):
         from .api import default_codec, resolve_device
 
         self.path = os.fspath(path)
@@ -128,6 +128,14 @@ class Writer:
         self.provenance = provenance
         self.source_dtype = source_dtype
         self._chunk_rows = chunk_rows or stream_chunk_rows
+        if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer))
+                                       or shard_rows < 1):
+            raise ConfigError(f"shard_rows must be a positive integer, got {shard_rows!r}")
+        #: labels per shard of a sharded set (format 1.1), or None for one file
+        self.shard_rows = None if shard_rows is None else int(shard_rows)
+        self._set = None
+        self._entries: list = []
+        self._shard_start = 0
         self._held_rows = 0
         self.count = 0
         self._specs = None
@@ -245,13 +253,37 @@ class Writer:
         t0 = time.perf_counter()
         self.codec.fit(sample.to(self.device, torch.float32), self.ctx)
         self._t_fit += time.perf_counter() - t0
-        specs = self.codec.stream_specs(self.classes)
+        self._specs = self.codec.stream_specs(self.classes)
+        self._new_builders()
+
+    def _new_builders(self):
         self._builders = {name: SpooledStreamBuilder(dtype, width, chunk_rows=self._chunk_rows(dtype, width),
                                                      folder=self.folder)
-                          for name, (dtype, width) in specs.items()}
-        self._specs = specs
+                          for name, (dtype, width) in self._specs.items()}
 
     def _encode(self, block):
+        if self.shard_rows is None:
+            return self._encode_part(block)
+        while block.shape[0]:
+            room = self.shard_rows - (self.count - self._shard_start)
+            self._encode_part(block[:room])
+            block = block[room:]
+            if self.count - self._shard_start == self.shard_rows:
+                self._seal_shard()
+
+    def _seal_shard(self):
+        """Write the labels encoded since the last shard as a shard file (temporary until close)."""
+        from .shards import ShardSetWriter
+        if self._set is None:
+            self._set = ShardSetWriter(self.path, self._header(), self.codec.get_params())
+        n = self.count - self._shard_start
+        self._entries.append(self._set.write_shard(len(self._entries), self._shard_start, n, self._builders))
+        for b in self._builders.values():
+            b.close()
+        self._shard_start = self.count
+        self._new_builders()
+
+    def _encode_part(self, block):
         import torch
         t0 = time.perf_counter()
         streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
@@ -314,7 +346,8 @@ class Writer:
         self._state = "closed"
         return self.path
 
-    def _write(self):
+    def _header(self) -> dict:
+        """The header of the set (without sections)."""
         codec = self.codec
         lead = self.shape if self.shape is not None else [self.count]
         info = dict(codec.fit_info)
@@ -328,6 +361,29 @@ class Writer:
             "codec": {"id": self.codec_id, "config": codec.get_config(), "info": info},
             "created_by": f"slcodec {__version__}",
         }
+        return header
+
+    def _sections(self) -> list:
+        """The augment, provenance and extra sections, as (name, kind, value)."""
+        prov = {"created_by": f"slcodec {__version__}"}
+        prov.update(self.provenance or {})
+        out = [("augment", "msgpack", self.augment or {"mode": "none"}), ("provenance", "msgpack", prov)]
+        for name, (kind, obj) in self._extra.items():
+            out.append((name, kind, obj))
+        return out
+
+    def _write_sharded(self):
+        if self.count > self._shard_start:
+            self._seal_shard()
+        self._set.header = self._header()
+        self._set.write_manifest(self._entries, self._sections())
+        self._set.publish()
+
+    def _write(self):
+        if self.shard_rows is not None:
+            return self._write_sharded()
+        codec = self.codec
+        header = self._header()
         prov = {"created_by": f"slcodec {__version__}"}
         prov.update(self.provenance or {})
         with ContainerWriter(self.path) as writer:
@@ -352,6 +408,8 @@ class Writer:
         self._state = "aborted"
 
     def _release(self):
+        if self._set is not None:
+            self._set.abort()  # removes the temporary files of a set that was not published
         for b in self._builders.values():
             b.close()
         for kind, obj in self._extra.values():

@@ -3,8 +3,8 @@
     python spec/make_golden.py            # writes the golden files that do not exist yet
 
 Inputs come from the committed real-teacher fixture (slcodec/data/lite0_8x64_fp16.npy).
-Each golden file is released with the exact decoded labels it must give (NAME.expected.npy)
-and an entry in MANIFEST.json saying how it is decoded and with what tolerance.
+Each golden file (or sharded set: manifest + shards) is released with the exact decoded
+labels it must give (NAME.expected.npy) and an entry in MANIFEST.json saying how it is decoded and with what tolerance.
 """
 import json
 import os
@@ -24,7 +24,7 @@ FIXTURE = os.path.join(os.path.dirname(HERE), "slcodec", "data", "lite0_8x64_fp1
 def cases():
     logits16 = np.load(FIXTURE)[:2, :3]                                   # [2, 3, 1000] FP16 logits
     probs32 = torch.softmax(torch.from_numpy(logits16.astype(np.float32)), dim=-1).numpy()
-    # name: (labels, codec, codec options, decode as, absolute tolerance, format version)
+    # name: (labels, codec, codec options, decode as, absolute tolerance, format version[, encode options])
     return {
         "v1.0-fp32-probs": (probs32, "fp32", {}, "probs", 0.0, "1.0"),
         "v1.0-fp16-logits": (logits16, "fp16", {}, "logits", 0.0, "1.0"),
@@ -34,6 +34,8 @@ def cases():
         "v1.0-vq-tiny-logits": (np.load(FIXTURE)[:4, :16], "vq",
                                 {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
                                  "train_batch": 64}, "probs", 1e-4, "1.0"),
+        # format 1.1: a sharded set, the manifest and 2 shards of 3 labels (one image's views each)
+        "v1.1-topk5-sharded": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.1", {"shard_rows": 3}),
     }
 
 
@@ -42,7 +44,8 @@ def main():
     manifest_path = os.path.join(GOLDEN, "MANIFEST.json")
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
     only = set(sys.argv[1:])
-    for name, (labels, codec, opts, as_, atol, version) in cases().items():
+    for name, (labels, codec, opts, as_, atol, version, *more) in cases().items():
+        enc = more[0] if more else {}
         if only and name not in only:
             continue
         path = os.path.join(GOLDEN, name + ".vqsl")
@@ -50,12 +53,15 @@ def main():
             print(f"{name}: released, left as it is")
             continue
         slcodec.encode(labels, path, codec=codec, seed=0,
-                       provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)", "golden": name}, **opts)
+                       provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)", "golden": name}, **enc, **opts)
         with slcodec.open(path) as r:
             expected = r.decode(None, as_=as_).numpy()
+            shards = [e["file"] for e in getattr(r, "entries", [])]
         np.save(os.path.join(GOLDEN, name + ".expected.npy"), expected, allow_pickle=False)
         manifest[name] = {"file": name + ".vqsl", "expected": name + ".expected.npy", "codec": codec,
                           "as": as_, "atol": atol, "format_version": version}
+        if shards:  # a sharded set: the manifest is "file", its shards lie beside it
+            manifest[name]["shards"] = shards
         print(f"{name}: written ({os.path.getsize(path)} bytes)")
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

@@ -21,7 +21,15 @@ def test_every_codec_has_a_golden_file():
 
 def test_manifest_lists_every_file():
     files = {f for f in os.listdir(GOLDEN) if f.endswith(".vqsl")}
-    assert files == {e["file"] for e in MANIFEST.values()}
+    # a sharded set (format 1.1) is its manifest ("file") and the shards beside it ("shards")
+    assert files == {e["file"] for e in MANIFEST.values()} | {s for e in MANIFEST.values() for s in e.get("shards", [])}
+
+
+def test_sharded_golden_sets_list_their_shards():
+    for name, entry in MANIFEST.items():
+        if "shards" in entry:
+            with slcodec.open(os.path.join(GOLDEN, entry["file"])) as r:
+                assert [e["file"] for e in r.entries] == entry["shards"]
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
@@ -44,8 +52,11 @@ def test_golden_verifies(name):
 
 
 def test_verify_detects_every_single_byte_change(tmp_path):
-    """Flip each byte of the smallest golden file in turn: `slcodec verify` must exit 1 every time."""
-    entry = min(MANIFEST.values(), key=lambda e: os.path.getsize(os.path.join(GOLDEN, e["file"])))
+    """Flip each byte of the smallest golden file in turn: `slcodec verify` must exit 1 every time.
+    (Single files only: a manifest copied alone would fail for its missing shards; sharded sets
+    are tested below with their shards beside them.)"""
+    entry = min((e for e in MANIFEST.values() if "shards" not in e),
+                key=lambda e: os.path.getsize(os.path.join(GOLDEN, e["file"])))
     data = open(os.path.join(GOLDEN, entry["file"]), "rb").read()
     p = str(tmp_path / "flipped.vqsl")
     missed = []
@@ -60,3 +71,30 @@ def test_verify_detects_every_single_byte_change(tmp_path):
                 missed.append(pos)
     assert len(data) > 1000
     assert missed == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if "shards" in e))
+def test_verify_detects_every_single_byte_change_in_a_sharded_set(name, tmp_path):
+    """Every byte of the manifest, and every byte of its first shard, flipped in turn (the other
+    files of the set beside it, intact): `slcodec verify MANIFEST` must exit 1 every time."""
+    import shutil
+    entry = MANIFEST[name]
+    for f in [entry["file"], *entry["shards"]]:
+        shutil.copy(os.path.join(GOLDEN, f), tmp_path / f)
+    manifest = str(tmp_path / entry["file"])
+    sink = io.StringIO()
+    with redirect_stdout(sink):
+        assert cli.main(["verify", manifest]) == 0
+    for target in (entry["file"], entry["shards"][0]):
+        p = tmp_path / target
+        data = p.read_bytes()
+        missed = []
+        for pos in range(len(data)):
+            b = bytearray(data)
+            b[pos] ^= 0xFF
+            p.write_bytes(bytes(b))
+            with redirect_stdout(sink):
+                if cli.main(["verify", manifest]) != 1:
+                    missed.append(pos)
+        p.write_bytes(data)
+        assert missed == [], target
