@@ -132,11 +132,23 @@ def test_top1_symbols_and_apply():
     v = top1_symbols(z, c)
     assert v.tolist() == [TOP1_RANKS + 2, 0, TOP1_RANKS + 1, 1, 1]
     out = z.clone()
-    got = apply_top1(out, v, 0.01)
+    got = apply_top1(out, v, 0.01, "lift")            # how format-1.0 vq files decode
     assert torch.equal(got, c) and torch.equal(out.argmax(1), c)
     assert torch.equal(out[1], z[1])                  # already first: unchanged
     assert out[0, 2] == pytest.approx(1.01) and out[3, 2] == pytest.approx(2.01)
     assert out[2, 1] > out[2, 0]                      # margin below float resolution: next float up
+    out = z.clone()
+    got = apply_top1(out, v, 0.01, "swap")            # c takes the decoder's maximum
+    assert torch.equal(got, c) and torch.equal(out.argmax(1), c)
+    assert torch.equal(out[1], z[1])
+    assert out[3].tolist() == [0.0, 1.0, 2.0] and out[4].tolist() == [2.0, 3.0, 1.0]
+    assert out[0, 2] == pytest.approx(1.01)           # a tie: lifted by the margin
+    assert out[2, 1] > out[2, 0]
+
+
+def test_old_files_without_top1_rule_decode_with_lift():
+    assert VQCodec.from_config({"codes": 2, "codebook_size": 16}).config["top1_rule"] == "lift"
+    assert VQCodec(codes=2, codebook_size=16, top1_rule="swap").config["top1_rule"] == "swap"
 
 
 def test_code_usage_on_real_labels():
