@@ -17,7 +17,8 @@ The distilled sets come from ``benchmarks/data/fashion_mnist.py`` (real training
     ``slcodec.open(path).decode(flat_indices, as_="log_probs", temperature=T)`` - one call
     per view, with the flat indices ``i * V + view`` of every image. ``vq`` variants need the
     ``vq`` codec (``slcodec.codecs.codec_ids()``); they are skipped with a note when it is
-    absent. ``--codec vq --bits 8 16 32`` adds ``vq:8 vq:16 vq:32``.
+    absent. ``--codec vq --bits 8 16 32`` adds ``vq:8 vq:16 vq:32``; ``--vq-opt KEY=VALUE`` (repeatable) passes
+    more vq options to every vq variant (e.g. the small-C config ``hidden=32 decoder_layers=0``).
 
 Student and training
     conv3x3(1->16)-ReLU-maxpool2-conv3x3(16->32)-ReLU-maxpool2-fc(1568->64)-ReLU-fc(64->10),
@@ -132,10 +133,26 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     raise SystemExit(f"unknown variant {spec!r} (original, hard, fp16, fp32, topk:K, vq:BITS)")
 
 
+def parse_vq_opts(items: list[str]) -> dict:
+    """``key=value`` strings -> vq options, converted with the codec's own option types."""
+    out = {}
+    if not items:
+        return out
+    from slcodec.codecs import get_codec_class
+    known = {o.name: o for o in get_codec_class("vq").options}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--vq-opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        o = known[key]
+        out[key] = [o.type(v) for v in val.split(",")] if o.nargs else o.type(val)
+    return out
+
+
 # --------------------------------------------------------------------------- labels
 def encode_variant(logits: np.ndarray, name: str, opts: dict, ipc: int, seed: int, out_dir: Path,
                    reuse: bool) -> tuple[Path, float]:
-    tag = name + "".join(f"_{k}{v:g}" for k, v in opts.items())
+    tag = name + "".join(f"_{k}{v:g}" if isinstance(v, (int, float)) else f"_{k}{v}" for k, v in opts.items())
     path = out_dir / f"fmnist_ipc{ipc}_{tag}.vqsl"
     if reuse and path.exists():
         return path, 0.0
@@ -248,6 +265,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", help=f"label variants (default: {' '.join(DEFAULT_VARIANTS)})")
     ap.add_argument("--codec", choices=["vq"], help="add slcodec variants of this codec at --bits")
     ap.add_argument("--bits", type=float, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--vq-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra vq option for every vq variant, e.g. --vq-opt hidden=32 --vq-opt decoder_layers=0 "
+                         "(the small-C config; the file name and the JSON record carry the options)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, help="student epochs (default: 300 for IPC 10, 200 for IPC 50 and above)")
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -268,6 +288,10 @@ def main(argv=None) -> int:
     if args.codec:
         variants = variants + [f"{args.codec}:{b:g}" for b in args.bits]
     parsed = [(v, *parse_variant(v)) for v in variants]
+    vq_extra = parse_vq_opts(args.vq_opt)
+    for _, name, opts in parsed:
+        if name == "vq":
+            opts.update(vq_extra)
     if not any(name == "original" for _, name, _ in parsed):
         parsed.insert(0, ("original", "original", {}))
     available = codec_ids()
