@@ -53,9 +53,16 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write results here too")
+    ap.add_argument("--vq-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="vq option for both fits (e.g. steps=200 for a short run); repeatable")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from slcodec.codecs import codec_ids
+    vq_opts = {}
+    for item in args.vq_opt:
+        key, _, val = item.partition("=")
+        opt = {o.name: o for o in get_codec_class("vq").options}[key]
+        vq_opts[key] = [opt.type(v) for v in val.split(",")] if opt.nargs else opt.type(val)
     codecs = args.codecs or [c for c in ("vq", "topk", "fp16") if c in codec_ids()]
 
     base = np.load(args.labels).reshape(-1, np.load(args.labels, mmap_mode="r").shape[-1]).astype(np.float32)
@@ -65,7 +72,7 @@ def main():
     n, c = labels.shape
     print(f"labels: {n:,} x {c} (real EfficientNet-Lite0 logits from {os.path.basename(args.labels)}, "
           f"tiled {args.tile}x); torch threads {args.threads}; device {args.device}; median of {args.repeats}")
-    results = {"labels": n, "classes": c, "threads": args.threads, "device": args.device, "decode": {}, "encode": {}}
+    results = {"vq_options": vq_opts, "labels": n, "classes": c, "threads": args.threads, "device": args.device, "decode": {}, "encode": {}}
     with tempfile.TemporaryDirectory() as tmp:
         raw_path = os.path.join(tmp, "raw_fp16.npy")
         np.save(raw_path, labels.astype(np.float16))
@@ -78,7 +85,8 @@ def main():
         readers = {}
         for codec_id in codecs:
             path = os.path.join(tmp, f"{codec_id}.vqsl")
-            codec = get_codec_class(codec_id)()
+            opts = vq_opts if codec_id == "vq" else {}
+            codec = get_codec_class(codec_id)(**opts)
             ctx = Context(source_kind="logits", classes=c, device=args.device, seed=0)
             t0 = time.perf_counter()
             codec.fit(torch.from_numpy(base), ctx)
@@ -89,7 +97,7 @@ def main():
                                            "assign_labels_per_s": enc_rate}
             print(f"encode {codec_id}: fit {fit_s:.1f} s on {base.shape[0]:,} labels; "
                   f"assignment {enc_rate:,.0f} labels/s (batch 65,536)")
-            slcodec.encode(labels, path, codec=codec_id, device=args.device)
+            slcodec.encode(labels, path, codec=codec_id, device=args.device, **opts)
             readers[codec_id] = slcodec.open(path)
             results["encode"][codec_id]["file_bits_per_label"] = os.path.getsize(path) * 8 / n
 
