@@ -100,6 +100,16 @@ def file_stats(container: Container, shards=None) -> dict:
             "fp16": {"bits_per_label": 16 * classes, "ratio": fp16_bits / file_bits},
         },
     }
+    # Augmentation: explicit per-view records (stream sections augment/...) cost bits per view;
+    # a seeded record is one small msgpack section whatever the number of views.
+    per_view = sum(e["bytes"] for e in entries if e["name"].startswith("augment/"))
+    record = sum(e["bytes"] for e in entries if e["name"] == "augment")
+    mode = None
+    if "augment" in container.sections and container.sections["augment"]["kind"] == "msgpack":
+        rec = container.read_msgpack("augment")
+        mode = rec.get("mode") if isinstance(rec, dict) else None
+    out["augmentation"] = {"mode": mode, "record_bytes": record, "per_view_bytes": per_view,
+                           "bits_per_view": per_view * 8 / per}
     for k in TOPK_BASELINES:
         if k < classes:
             bits = topk_bits_per_label(classes, k)
@@ -119,6 +129,10 @@ def format_stats(s: dict) -> str:
              f"  {'section':<28} {'kind':<9} {'group':<14} {'bytes':>12} {'bits/label':>11}"]
     for e in s["sections"]:
         lines.append(f"  {e['name']:<28} {e['kind']:<9} {e['group']:<14} {e['bytes']:>12,} {e['bits_per_label']:>11.3f}")
+    a = s.get("augmentation")
+    if a:
+        lines.append(f"  augmentation ({a['mode']}): {a['bits_per_view']:.2f} bits per view "
+                     f"+ a {a['record_bytes']:,}-byte record")
     lines.append(f"  {'total':<28} {'':<9} {'':<14} {s['file_bytes']:>12,} {s['bits_per_label']:>11.3f}")
     lines.append("")
     lines.append("  compression ratio of the whole file against the same labels stored as:")

@@ -312,3 +312,22 @@ def test_msgpack_section_size_cap(tmp_path, monkeypatch):
         with pytest.raises(FormatError) as e:
             c.read_msgpack("provenance")
     assert e.value.rule == "section-content"
+
+
+CORPUS = os.path.join(os.path.dirname(__file__), "attacks")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CORPUS) if f.endswith(".vqsl")))
+def test_corpus_file_rejected(name, capsys):
+    """The committed hostile files (tests/make_attacks.py): each is rejected by the rule in its name."""
+    rule = name.split("--", 1)[0]
+    path = os.path.join(CORPUS, name)
+    with pytest.raises(FormatError) as e:
+        full_read(path)
+    assert e.value.rule == rule
+    assert cli.main(["verify", path]) == 1
+    capsys.readouterr()
+
+
+def test_corpus_covers_every_case():
+    assert {f.split("--", 1)[1][:-len(".vqsl")] for f in os.listdir(CORPUS) if f.endswith(".vqsl")} == set(CASES)

@@ -40,3 +40,27 @@ def test_flat_label_set_has_no_images(tmp_path):
     with Container.open(p) as c:
         s = file_stats(c)
     assert s["images"] is None and s["bits_per_image"] is None
+
+
+def test_seeded_views_cost_no_bits_per_view(real_labels, tmp_path):
+    from slcodec.augment import Policy, augment_record
+    p = tmp_path / "x.vqsl"
+    slcodec.encode(real_labels[:2, :8], p, codec="fp16", augment=augment_record(7, Policy()))
+    with Container.open(p) as c:
+        a = file_stats(c)["augmentation"]
+    assert a["mode"] == "seeded" and a["bits_per_view"] == 0 and 0 < a["record_bytes"] <= 512
+
+
+def test_explicit_records_are_counted_per_view(tmp_path):
+    from test_importers import make_sre2l
+    from slcodec.importers import import_folder
+    folder = tmp_path / "relabel"
+    make_sre2l(folder)
+    out = tmp_path / "x.vqsl"
+    import_folder(folder, out, "sre2l", codec="fp16")
+    with Container.open(out) as c:
+        s = file_stats(c)
+    per_view = sum(e["bytes"] for e in s["sections"] if e["name"].startswith("augment/"))
+    assert per_view > 0
+    assert s["augmentation"]["mode"] == "explicit"
+    assert s["augmentation"]["bits_per_view"] == per_view * 8 / s["labels"]
