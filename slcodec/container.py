@@ -49,7 +49,7 @@ KNOWN_REQUIRED_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS
 MAX_HEADER_BYTES = 16 << 20
 MAX_MSGPACK_SECTION_BYTES = 64 << 20
 #: largest decompressed chunk we accept (declared sizes are checked against it before allocating)
-MAX_CHUNK_BYTES = 1 << 30
+MAX_CHUNK_BYTES = 64 << 20  # writers make ~1 MiB chunks; a small cap bounds what a hostile chunk can allocate
 CHUNK_ENTRY = struct.Struct("<QII")  # end offset, crc32 of the stored chunk bytes, reserved (0)
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_ZSTD_LEVEL = 19
