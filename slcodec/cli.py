@@ -231,20 +231,6 @@ def cmd_stats(args):
         print(json.dumps(s, indent=2, sort_keys=True))
     else:
         print(format_stats(s))
-        summary.append((codec_id, s))
-    print("\nsummary (this fixture has only 512 labels; the fixed part is paid once per label set):")
-    for codec_id, s in summary:
-        fixed_bits = s["fixed_bytes"] * 8
-        line = (f"  {codec_id:<6} label streams {s['marginal_bits_per_label']:9.2f} bits/label + fixed part "
-                f"{s['fixed_bytes']:,} bytes; KL@T4 {s['fidelity']['kl'].get('4', float('nan')):.5f}, "
-                f"top-1 {s['fidelity']['top1_agreement']:.4f}")
-        fp16_bits = 16 * s["classes"]
-        if s["marginal_bits_per_label"] < fp16_bits and fixed_bits > 8 * 1024:
-            even = fixed_bits / (fp16_bits / 20 - s["marginal_bits_per_label"]) \
-                if s["marginal_bits_per_label"] < fp16_bits / 20 else None
-            if even:
-                line += f"; 20x smaller than FP16 from {even:,.0f} labels on"
-        print(line)
     return EXIT_OK
 
 
