@@ -231,3 +231,18 @@ def test_cuda_decode_matches_cpu():
     zg = codec.decode({k: v.cuda() for k, v in _tensors(streams).items()}, gpu).cpu()
     assert torch.equal(zg.argmax(1), zc.argmax(1))
     torch.testing.assert_close(zg, zc, rtol=1e-4, atol=1e-4)
+
+
+def test_hidden_width_defaults_by_class_count():
+    """hidden is resolved at fit time (64 below 256 classes, else 256) and stored in the config."""
+    x = torch.randn(64, 10)
+    codec = VQCodec(codes=1, codebook_size=4, code_dim=2, steps=4, train_batch=16)
+    assert codec.config["hidden"] is None
+    codec.fit(x, Context(classes=10, seed=0))
+    assert codec.get_config()["hidden"] == 64
+    assert codec.get_params()["w_in"].shape == (2, 64)
+    again = VQCodec.from_config(codec.get_config())
+    again.set_params(codec.get_params(), Context(classes=10))
+    streams = codec.encode(x, Context(classes=10))
+    t = {k: torch.from_numpy(v.astype(np.int64)) for k, v in streams.items()}
+    assert torch.equal(again.decode(t, Context(classes=10)), codec.decode(t, Context(classes=10)))

@@ -82,6 +82,8 @@ ARGMAX_BITS = 2.0          # nominal budget of the top1 stream inside `bits`
 LOG_CLAMP = 1e-30          # probs sources: log(max(p, LOG_CLAMP))
 DENSE_MAX_CLASSES = 4096   # encoder_input="auto": dense first layer up to this many classes
 FIT_MAX_ELEMENTS = 1 << 29 # fit sample capped at this many values (2 GiB float32): 10,737 rows at C=50k
+DEFAULT_HIDDEN = 256        # decoder width when C >= SMALL_C
+SMALL_C, SMALL_C_HIDDEN = 256, 64
 TOP1_RANKS = 16            # top1 stream: values < 16 are ranks in the decoded logits, else 16 + class
 TOP1_EPS = 2e-4            # a rank is used only when no other decoded logit is within eps*(1+|z_c|)
 
@@ -366,7 +368,8 @@ class VQCodec(Codec):
         Option("codes", _opt_int, None, "number of codes M per label (overrides --bits)"),
         Option("codebook_size", _opt_int, None, "entries K per codebook (overrides --bits)"),
         Option("code_dim", int, 8, "dimension of each latent vector / codebook entry"),
-        Option("hidden", int, 256, "decoder (and encoder) hidden width"),
+        Option("hidden", _opt_int, None, "decoder (and encoder) hidden width (default: 256 for >= 256 "
+               "classes, 64 below: measured on Fashion-MNIST, C=10, a 256-wide decoder costs more than the labels)"),
         Option("encoder_hidden", _opt_int, None, "encoder hidden width (not stored; default: hidden)"),
         Option("decoder_layers", int, 1, "residual hidden blocks of the decoder"),
         Option("temperature", float, [1.0, 4.0], "training temperature(s) of the student; the loss is "
@@ -402,10 +405,12 @@ class VQCodec(Codec):
         if not t or any(not (v > 0 and math.isfinite(v)) for v in t):
             raise ConfigError(f"vq: temperatures must be positive, got {t}")
         c["temperature"] = t
-        for name in ("codes", "codebook_size", "encoder_hidden"):
+        for name in ("codes", "codebook_size", "encoder_hidden", "hidden"):
             if c[name] is not None:
                 c[name] = int(c[name])
-        for name in ("code_dim", "hidden", "fit_sample", "steps", "train_batch",
+        if c["hidden"] is not None and c["hidden"] < 1:
+            raise ConfigError("vq: hidden must be >= 1")
+        for name in ("code_dim", "fit_sample", "steps", "train_batch",
                      "topk_input", "batch_rows"):
             c[name] = int(c[name])
             if c[name] < 1:
@@ -493,6 +498,8 @@ class VQCodec(Codec):
             labels = labels[sel]
         x = _to_logits(labels.to(dev), ctx.source_kind)
         n = x.shape[0]
+        if cfg["hidden"] is None:  # resolved here, so the stored config names the width decoding needs
+            cfg["hidden"] = SMALL_C_HIDDEN if C < SMALL_C else DEFAULT_HIDDEN
         M, K, d, H = self.M, self.K, cfg["code_dim"], cfg["hidden"]
         temps = cfg["temperature"]
         mode = cfg["encoder_input"]
@@ -690,6 +697,8 @@ class VQCodec(Codec):
     def set_params(self, params, ctx: Context):
         cfg = self.config
         M, K, d, H, L = self.M, self.K, cfg["code_dim"], cfg["hidden"], cfg["decoder_layers"]
+        if H is None:
+            raise FormatError("vq: the config does not name the decoder's hidden width", rule="codec")
         if "b_out" not in params or not isinstance(params["b_out"], np.ndarray) or params["b_out"].ndim != 1:
             raise FormatError("vq: parameter 'b_out' is missing or not a vector", rule="codec-params")
         C = int(params["b_out"].shape[0])
