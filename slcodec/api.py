@@ -29,6 +29,7 @@ def default_codec() -> str:
 
 
 def _stream_chunk_rows(dtype: str, width: int) -> int:
+    # The writer's rule, looked up through this module so that tests can shrink chunks.
     return stream_chunk_rows(dtype, width)
 
 

@@ -93,14 +93,18 @@ def cmd_encode(args):
     from .inputs import load_labels
 
     _check_output(args.output)
-    src = load_labels(args.input, args.input_kind)
+    if args.shards is not None and args.shard_rows is not None:
+        raise UsageError("encode: give --shards or --shard-rows, not both")
     codec_id = args.codec or api.default_codec()
     config = _chosen_codec_options(args, codec_id)
+    # Check the codec options and the device before reading a possibly large input.
+    from .codecs.base import get_codec_class
+    get_codec_class(codec_id)(**config)
+    api.resolve_device(args.device)
+    src = load_labels(args.input, args.input_kind)
     if not args.quiet:
         print(f"input: {src.path} {list(src.shape)} {src.array.dtype}, read as {src.kind.upper()} "
               f"({src.kind_reason}; --input-kind to override)", file=sys.stderr)
-    if args.shards is not None and args.shard_rows is not None:
-        raise UsageError("encode: give --shards or --shard-rows, not both")
     t0 = time.perf_counter()
     if args.distributed:
         from . import distributed
