@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import platform
@@ -60,6 +59,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import sha256_file  # noqa: E402
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
@@ -257,14 +258,6 @@ def label_stats(logits: np.ndarray, classes: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------- main
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def versions() -> dict:
     return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
 

@@ -57,7 +57,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -69,6 +68,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import sha256_file  # noqa: E402
 
 TEACHER = "efficientnet-lite0"
 NUM_CLASSES = 1000
@@ -218,14 +219,6 @@ def load_torch_teacher(threads: int):
     model = EfficientNet.from_pretrained(TEACHER, weights_path=weights_path())
     model.eval()  # never call set_swish(): it would replace ReLU6 by Swish
     return model
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Teacher:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
@@ -64,6 +63,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import sha256_file  # noqa: E402
 
 MODEL_DIR = Path("/usr/share/pocketsphinx/model/en-us")
 LM_PATH = MODEL_DIR / "en-us.lm.bin"
@@ -86,14 +87,6 @@ def load_binding():
                          "Install python3-sphinxbase and run this script with a CPython of the "
                          "same minor version as /usr/bin/python3, with numpy installed.")
     return sb
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- vocabulary
