@@ -5,10 +5,13 @@
 
 Data sets (``benchmarks/.cache/``, made by ``benchmarks/data/*.py``) and their parts:
 
-``imagenet``  EfficientNet-Lite0 logits ``lite0_40x300.npy`` [40, 300, 1000]: methods that fit
-              (k-means VQ, PQ, vq) are fitted on the first 30 images (9,000 labels); reported on
-              ``fit`` (those 9,000), ``held-out`` (the last 10 images, 3,000 labels) and
-              ``heldout50`` (``lite0_40x50_heldout.npy``, 40 other images x 50 views, 2,000 labels).
+``imagenet``  EfficientNet-Lite0 logits ``lite0_120x300.npy`` [120, 300, 1000] (``--quick``:
+              ``lite0_40x300.npy`` [40, 300, 1000], the first 40 images of it): methods that fit
+              (k-means VQ, PQ, vq) are fitted on the first 3/4 of the images (90: 27,000 labels);
+              reported on ``fit`` (those), ``held-out`` (the last 30 images, 9,000 labels),
+              ``heldout50`` (``lite0_40x50_heldout.npy``, 40 other images x 50 views, 2,000 labels)
+              and, full run only, ``all`` (one file of all 36,000 labels with the codec fitted on
+              the fit part - how a user stores a set; its KL covers fitted and held-out labels).
               KL at T = 1, 4, 20; training temperature for the plot and the dominance test: 4.
 ``fmnist``    Fashion-MNIST IPC 10 teacher logits ``fmnist_ipc10.npz`` [100, 300, 10]: fitted and
               reported on all 30,000 labels (the distilled set is the whole label set). T = 1, 4; training T 4.
@@ -64,13 +67,17 @@ from slcodec.container import Container  # noqa: E402
 from slcodec.stats import file_stats  # noqa: E402
 
 CACHE = HERE / ".cache"
+# the full run's ImageNet set (120 images x 300 views; images 0-39 are lite0_40x300.npy's);
+# --quick and a missing file fall back to lite0_40x300.npy
+IMAGENET_FILE = "lite0_120x300.npy"
 RESULTS = HERE / "results"
 
 # vq configurations per data set: (label, options).  Full and quick.
 SMALL_C = {"hidden": 32, "decoder_layers": 0, "param_dtype": "float16"}
 VQ_FULL = {
-    "imagenet": [(f"vq b{b}", {"bits": b, "steps": 2000}) for b in (8, 16, 32, 48)]
-    + [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "steps": 2000}) for b in (16, 32)],
+    "imagenet": [(f"vq b{b}", {"bits": b, "steps": 2000}) for b in (16, 48)]
+    + [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "steps": 2000}) for b in (8, 16, 32)]
+    + [(f"vq-h32 b{b}", {"bits": b, "hidden": 32, "decoder_layers": 0, "steps": 2000}) for b in (8, 16)],
     "fmnist": [(f"vq-h32 b{b}", {"bits": b, **SMALL_C, "steps": 3000}) for b in (4, 6, 8, 10)]
     + [(f"vq-h64L1 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 1, "steps": 3000}) for b in (6, 8, 10)],
     "lm3": [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "temperature": [1.0, 2.0],
@@ -94,14 +101,20 @@ QUICK_BASELINES = [("fp16", {}), ("zstd_fp16", {"level": 3}), ("shuffle_zstd_fp1
 def load_dataset(name: str, quick: bool) -> dict:
     """-> {"C", "temps", "train_T", "fit": [n, C], "parts": {part: (rows [n, C], shape)}}"""
     if name == "imagenet":
-        a = np.load(CACHE / "lite0_40x300.npy").astype(np.float32)
+        src = IMAGENET_FILE if (CACHE / IMAGENET_FILE).exists() and not quick else "lite0_40x300.npy"
+        a = np.load(CACHE / src).astype(np.float32)
         h = np.load(CACHE / "lite0_40x50_heldout.npy").astype(np.float32)
-        fit = a[:30].reshape(-1, a.shape[-1])
-        parts = {"fit": (fit, [30, a.shape[1]]),
-                 "held-out": (a[30:].reshape(-1, a.shape[-1]), [a.shape[0] - 30, a.shape[1]]),
-                 "heldout50": (h.reshape(-1, h.shape[-1]), list(h.shape[:2]))}
-        return {"C": a.shape[-1], "temps": (1, 4, 20), "train_T": 4, "fit": fit, "parts": parts,
-                "source": "lite0_40x300.npy (fit: images 0-29; held-out: 30-39) + lite0_40x50_heldout.npy"}
+        I, A, C = a.shape
+        nfit = I * 3 // 4
+        fit = a[:nfit].reshape(-1, C)
+        parts = {"fit": (fit, [nfit, A]),
+                 "held-out": (a[nfit:].reshape(-1, C), [I - nfit, A]),
+                 "heldout50": (h.reshape(-1, C), list(h.shape[:2]))}
+        if not quick:  # the way the codec is used: one file of the whole set, fitted on a part of it
+            parts["all"] = (a.reshape(-1, C), [I, A])
+        return {"C": C, "temps": (1, 4, 20), "train_T": 4, "fit": fit, "parts": parts,
+                "source": f"{src} (fit: images 0-{nfit - 1}; held-out: {nfit}-{I - 1}; all: one file of "
+                          f"all {I} images) + lite0_40x50_heldout.npy"}
     if name == "fmnist":
         z = np.load(CACHE / "fmnist_ipc10.npz")["logits"].astype(np.float32)
         x = z.reshape(-1, z.shape[-1])

@@ -13,7 +13,7 @@ from .codecs.base import Context, get_codec_class
 from .container import Container
 from .errors import ConfigError, FormatError, SlcodecError
 from .inputs import LabelSource, as_source
-from .writer import RowReader, Writer, encode_block_rows, stream_chunk_rows
+from .writer import RowReader, Writer, encode_block_rows, image_mean_log_probs, stream_chunk_rows
 
 #: codecs tried in this order when none is named
 DEFAULT_CODECS = ("vq", "fp16")
@@ -88,7 +88,12 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
                 **codec_config) as writer, \
             RowReader(rows) as reader:
         if writer.needs_fit:
-            writer.fit(reader.evenly_spaced(writer.fit_sample))
+            if writer.shape is not None and len(writer.shape) == 2 and \
+                    writer.codec.wants_image_means(writer.shape, src.classes):
+                writer.set_image_means(image_mean_log_probs(reader, writer.shape, src.kind,
+                                                            encode_block_rows(src.classes, batch_size)))
+            idx = reader.evenly_spaced_index(writer.fit_sample)
+            writer.fit(reader.take(idx), rows=idx)
         step = encode_block_rows(src.classes, batch_size)
         for start in range(0, n, step):
             stop = min(n, start + step)
@@ -188,7 +193,8 @@ class Reader:
         return specs
 
     def _ctx(self, device):
-        return Context(source_kind=self.source_kind, classes=self.classes, device=device)
+        return Context(source_kind=self.source_kind, classes=self.classes, device=device,
+                       label_shape=tuple(self.shape[:-1]))
 
     # -- basic facts ------------------------------------------------------
     def __len__(self):
@@ -303,6 +309,7 @@ class Reader:
         for start in range(0, flat.size, batch_size):
             rows = flat[start:start + batch_size]
             raw = self.read_streams(rows)
+            ctx.rows = rows
             try:
                 self.codec.validate_streams(raw, self.classes)
                 values = self.codec.decode({name: _to_torch(arr, device) for name, arr in raw.items()}, ctx)

@@ -310,7 +310,7 @@ class ContainerWriter:
         self._add(name, "msgpack", _pack_msgpack(obj), {})
 
     def commit(self, header: dict, required_flags: int = 0, optional_flags: int = 0,
-               publish: bool = True) -> None:
+               publish: bool = True, minor: int = 0) -> None:
         """Write the header and preamble, fsync and verify the file, then (``publish``) rename it
         into place.  With ``publish=False`` the finished file stays at ``tmp_path`` until
         :meth:`publish` (a sharded set renames its shards, then its manifest)."""
@@ -323,7 +323,9 @@ class ContainerWriter:
         header_offset = self._pos
         self._f.write(data)
         file_length = header_offset + len(data)
-        minor = FORMAT_MINOR_SHARDED if required_flags & (FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS) else FORMAT_MINOR
+        # minor: the newest format feature the file uses (informational; readers ignore it)
+        minor = max(int(minor), FORMAT_MINOR_SHARDED if required_flags & (FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS)
+                    else FORMAT_MINOR)
         pre = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, required_flags, optional_flags, 0,
                             header_offset, len(data), file_length, crc32(data), b"\0" * 8, 0)
         pre = pre[:60] + struct.pack("<I", crc32(pre[:60]))

@@ -31,6 +31,11 @@ HASH_BLOCK = 1 << 22
 
 
 # --------------------------------------------------------------------------- hashes and names
+
+def _minor(header: dict) -> int:
+    from .codecs.base import header_format_minor
+    return header_format_minor(header)
+
 def params_sha256(params: dict) -> str:
     """sha256 (hex) of a codec's parameters, as FORMAT.md defines it: the tag
     ``vqsl-params-sha256-v1\\0``, then for each parameter in ascending order of the UTF-8 bytes
@@ -226,7 +231,8 @@ class ShardSetWriter:
             if builder.rows != count:
                 raise RuntimeError(f"stream {name!r} has {builder.rows} rows for a shard of {count}")
             cw.add_stream("streams/" + name, builder)
-        cw.commit(self.shard_header(index, start, count), required_flags=FLAG_EXTERNAL_PARAMS, publish=False)
+        header = self.shard_header(index, start, count)
+        cw.commit(header, required_flags=FLAG_EXTERNAL_PARAMS, publish=False, minor=_minor(header))
         return {"file": os.path.basename(cw.path), "start": int(start), "count": int(count),
                 "bytes": cw.file_length, "sha256": file_sha256(cw.tmp_path), "header_crc32": cw.header_crc32}
 
@@ -243,7 +249,7 @@ class ShardSetWriter:
         cw.add_msgpack("shards", {"version": SHARDS_VERSION, "shards": entries})
         header = dict(self.header)
         header["codec"] = dict(header["codec"], params_sha256=self.params_hash)
-        cw.commit(header, required_flags=FLAG_MANIFEST, publish=False)
+        cw.commit(header, required_flags=FLAG_MANIFEST, publish=False, minor=_minor(header))
         with Container.open(cw.tmp_path) as m:  # the table must pass the reader's checks
             read_shard_table(m)
 
@@ -321,7 +327,7 @@ def merge(manifest_path, out_path) -> str:
                     _copy_section(cw, m, s, folder, builders)
                 header = {k: v for k, v in m.header.items() if k != "sections"}
                 header["codec"] = {k: v for k, v in header["codec"].items() if k != "params_sha256"}
-                cw.commit(header)
+                cw.commit(header, minor=_minor(header))
             finally:
                 for b in builders:
                     b.close()

@@ -67,6 +67,22 @@ def encode_block_rows(classes: int, batch_size: int) -> int:
     return max(1, min(batch_size, 1 << int(math.log2(cap))))
 
 
+
+def image_mean_log_probs(reader, shape, source_kind: str, block_rows: int = 16384) -> np.ndarray:
+    """Each image's mean log-probabilities ``[images, C]`` (float32) over all its labels, read
+    from ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]`` rows) in blocks:
+    one extra pass over the input, for codecs that condition on the image (``vq`` image_bias)."""
+    import torch
+    images, augs = int(shape[0]), int(shape[1])
+    acc = torch.zeros((images, reader.classes), dtype=torch.float64)
+    for start in range(0, reader.n, block_rows):
+        stop = min(reader.n, start + block_rows)
+        x = torch.from_numpy(reader.read(start, stop)).double()
+        if source_kind == "probs":
+            x = torch.log(torch.clamp(x, min=1e-30))
+        acc.index_add_(0, torch.arange(start, stop) // augs, torch.log_softmax(x, dim=1))
+    return (acc / augs).float().numpy()
+
 class Writer:
     """Write a ``.vqsl`` file batch by batch (see the module documentation).
 
@@ -123,7 +139,7 @@ class Writer:
         self.needs_fit = type(self.codec).fit is not Codec.fit
         self.device = resolve_device(device)
         self.ctx = Context(source_kind=source_kind, classes=self.classes, device=self.device, seed=seed,
-                           progress=progress, log=log)
+                           progress=progress, log=log, label_shape=None if shape is None else tuple(shape))
         self.augment = augment
         self.provenance = provenance
         self.source_dtype = source_dtype
@@ -219,17 +235,31 @@ class Writer:
             self.abort()
             raise
 
-    def fit(self, sample) -> None:
+    def set_image_means(self, means) -> None:
+        """Give the codec each image's mean log-probabilities ``[images, C]`` over all its labels,
+        before fitting (``vq`` with ``image_bias``; :func:`image_mean_log_probs` computes them).
+        :func:`slcodec.encode` does this itself when the codec asks for it."""
+        self._check_open()
+        if self.fitted:
+            raise ValueError("set_image_means must come before the fit")
+        self.codec.set_image_means(means)
+
+    def fit(self, sample, rows=None) -> None:
         """Fit the codec on ``sample`` ``[n, C]`` now, instead of on the first appended rows.
-        Rows appended before are held no longer: they are encoded right after."""
+        Rows appended before are held no longer: they are encoded right after.  ``rows``: the
+        sample's label indices in the set (needed by codecs that condition on the image)."""
         self._check_open()
         if self.fitted:
             raise ValueError("the codec is already fitted")
         block = self._as_block(sample)
         if block.shape[0] == 0:
             raise ConfigError("cannot fit on an empty sample")
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if rows.size != block.shape[0]:
+                raise ConfigError(f"fit: {rows.size} row indices for {block.shape[0]} labels")
         try:
-            self._fit(block)
+            self._fit(block, rows)
             self._flush_held()
         except BaseException:
             self.abort()
@@ -239,7 +269,8 @@ class Writer:
         import torch
         held = torch.cat(self._held) if len(self._held) > 1 else self._held[0]
         self._held = [held]
-        self._fit(held[:self.fit_sample])
+        n = min(self.fit_sample, held.shape[0])
+        self._fit(held[:n], np.arange(n, dtype=np.int64))   # held rows are the set's first rows
         self._flush_held()
 
     def _flush_held(self):
@@ -248,10 +279,14 @@ class Writer:
             self._encode(block)
             self._held_rows -= block.shape[0]
 
-    def _fit(self, sample):
+    def _fit(self, sample, rows=None):
         import torch
         t0 = time.perf_counter()
-        self.codec.fit(sample.to(self.device, torch.float32), self.ctx)
+        self.ctx.rows = rows
+        try:
+            self.codec.fit(sample.to(self.device, torch.float32), self.ctx)
+        finally:
+            self.ctx.rows = None
         self._t_fit += time.perf_counter() - t0
         self._specs = self.codec.stream_specs(self.classes)
         self._new_builders()
@@ -286,7 +321,11 @@ class Writer:
     def _encode_part(self, block):
         import torch
         t0 = time.perf_counter()
-        streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
+        self.ctx.rows = np.arange(self.count, self.count + block.shape[0], dtype=np.int64)
+        try:
+            streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
+        finally:
+            self.ctx.rows = None
         if set(streams) != set(self._specs):
             raise RuntimeError(f"codec {self.codec_id} returned streams {sorted(streams)}, "
                                f"declared {sorted(self._specs)}")
@@ -398,7 +437,7 @@ class Writer:
                     writer.add_stream(name, obj)
                 else:
                     writer.add_msgpack(name, obj)
-            writer.commit(header)
+            writer.commit(header, minor=codec.format_minor())
 
     def abort(self) -> None:
         """Drop everything written so far; an existing file at ``path`` is left as it was."""
@@ -496,6 +535,12 @@ class RowReader:
                 out[pos:pos + run.size] = self._pread(int(run[0]), int(run[-1]) + 1)
                 pos += run.size
         return out
+
+    def evenly_spaced_index(self, k: int) -> np.ndarray:
+        """Indices of :meth:`evenly_spaced` (all rows when there are fewer than ``k``)."""
+        if self.n <= k:
+            return np.arange(self.n, dtype=np.int64)
+        return np.unique(np.linspace(0, self.n - 1, k).round().astype(np.int64))
 
     def evenly_spaced(self, k: int) -> np.ndarray:
         """``k`` evenly spaced rows (first and last included), or all rows when there are fewer."""

@@ -36,6 +36,10 @@ def cases():
                                  "train_batch": 64}, "probs", 1e-4, "1.0"),
         # format 1.1: a sharded set, the manifest and 2 shards of 3 labels (one image's views each)
         "v1.1-topk5-sharded": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.1", {"shard_rows": 3}),
+        # format 1.2: vq with image_bias (a per-image [images, C] prior added to the decoder's logits)
+        "v1.2-vq-image-bias-logits": (np.load(FIXTURE)[:4, :16], "vq",
+                                      {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
+                                       "train_batch": 64, "image_bias": "on"}, "probs", 1e-4, "1.2"),
     }
 
 

@@ -48,6 +48,12 @@ class Context:
     seed: int = 0
     progress: Callable[[int, int, str], None] | None = None  # progress(done, total, what)
     log: Callable[[str], None] | None = None
+    #: leading shape of the whole label set: (N,) or (images, augmentations); None if unknown
+    label_shape: tuple | None = None
+    #: global label indices (int64 numpy) of the rows being fitted / encoded / decoded, when the
+    #: caller knows them (Writer and Reader always pass them); codecs that condition on the
+    #: image of a label (``vq`` with ``image_bias``) need them
+    rows: Any = None
 
 
 class Codec(ABC):
@@ -74,6 +80,19 @@ class Codec(ABC):
 
     def get_config(self) -> dict:
         return dict(self.config)
+
+    #: format minor version a file written with this codec (as configured) needs; see FORMAT.md
+    def format_minor(self) -> int:
+        return 0
+
+    def wants_image_means(self, label_shape, classes: int) -> bool:
+        """Whether :meth:`set_image_means` should be called before fitting a set of this shape
+        (a codec that conditions on the image of a label).  Default: no."""
+        return False
+
+    def set_image_means(self, means: np.ndarray) -> None:
+        """Per-image mean log-probabilities ``[images, C]`` over all of each image's labels."""
+        raise ConfigError(f"codec {self.codec_id!r} does not use per-image statistics")
 
     @classmethod
     def from_config(cls, config: dict) -> "Codec":
@@ -128,6 +147,16 @@ def register(cls: type[Codec]) -> type[Codec]:
         raise RuntimeError(f"codec id {cls.codec_id!r} registered twice")
     _REGISTRY[cls.codec_id] = cls
     return cls
+
+
+def header_format_minor(header: dict) -> int:
+    """The format minor a file with this header's codec config needs (0 when the codec or its
+    config is unknown: the writer validated it already)."""
+    try:
+        codec = header["codec"]
+        return int(get_codec_class(codec["id"]).from_config(codec["config"]).format_minor())
+    except Exception:  # noqa: BLE001 - informational only
+        return 0
 
 
 def get_codec_class(codec_id: str) -> type[Codec]:
