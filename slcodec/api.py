@@ -305,7 +305,11 @@ class Reader:
         device = resolve_device(device)
         flat, lead = self.flat_indices(index)
         ctx = self._ctx(device)
-        out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)
+        out = None
+        if flat.size > batch_size:
+            out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)
+        if flat.size == 0:
+            out = torch.empty((0, self.classes), dtype=torch.float32, device=device)
         for start in range(0, flat.size, batch_size):
             rows = flat[start:start + batch_size]
             raw = self.read_streams(rows)
@@ -315,7 +319,11 @@ class Reader:
                 values = self.codec.decode({name: _to_torch(arr, device) for name, arr in raw.items()}, ctx)
             except FormatError as exc:
                 raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
-            out[start:start + rows.size] = _convert(values, self.decoded_kind, as_, t)
+            conv = _convert(values, self.decoded_kind, as_, t)
+            if out is None:   # one batch: no copy of a result made here (a codec's may alias its streams)
+                out = conv.float() if conv is not values else conv.to(torch.float32, copy=True)
+            else:
+                out[start:start + rows.size] = conv
         if isinstance(index, (int, np.integer)):
             return out[0]
         return out.reshape(*lead, self.classes)
@@ -435,9 +443,11 @@ def _convert(values, kind: str, as_: str, t: float):
         logits = values
     if as_ == "logits":
         return logits
+    if t != 1.0:
+        logits = logits / t
     if as_ == "log_probs":
-        return torch.log_softmax(logits / t, dim=1)
-    return torch.softmax(logits / t, dim=1)
+        return torch.log_softmax(logits, dim=1)
+    return torch.softmax(logits, dim=1)
 
 
 __all__ = ["encode", "open", "Reader", "ShardedReader", "Writer", "SlcodecError"]

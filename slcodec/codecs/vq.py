@@ -160,32 +160,40 @@ def top1_symbols(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, gt, TOP1_RANKS + c.view(-1))
 
 
-def apply_top1(z: torch.Tensor, v: torch.Tensor, margin: float, rule: str = "swap") -> torch.Tensor:
+def apply_top1(z: torch.Tensor, v: torch.Tensor, margin: float, rule: str = "swap",
+               return_classes: bool = True) -> torch.Tensor | None:
     """Decode the ``top1`` symbols ``v`` against logits ``z`` and make that class the strict
     argmax of ``z`` (in place).  Where it is not already the decoder's first maximum, or the
     symbol is an escape: rule ``swap`` exchanges ``z[c]`` with the decoder's maximum (so the
     label keeps the decoder's confidence, now on the right class), rule ``lift`` (files
     written before ``top1_rule`` existed) sets ``z[c] = max(z)``; then ``z[c]`` is raised to at
-    least the largest other logit + ``margin``.  Returns the classes."""
+    least the largest other logit + ``margin``.  Returns the classes (``return_classes``).
+
+    Rows with symbol 0 are left untouched, so only the rows to fix (a few percent) are searched."""
     v = v.long().view(-1)
-    mx, c = z.max(dim=1)
-    top = c.clone()
-    rk = (v > 0) & (v < TOP1_RANKS)
-    if bool(rk.any()):
-        ranked = torch.topk(z[rk], min(TOP1_RANKS, z.shape[1]), dim=1).indices
-        c[rk] = ranked.gather(1, v[rk].view(-1, 1)).view(-1)
-    esc = v >= TOP1_RANKS
-    if bool(esc.any()):
-        c[esc] = v[esc] - TOP1_RANKS
     fix = (v != 0).nonzero().view(-1)
-    if fix.numel() and rule == "lift":  # exactly as format-1.0 files were decoded
-        m = mx[fix]
+    classes = z.argmax(dim=1) if return_classes else None
+    if not fix.numel():
+        return classes
+    zf, vf = z[fix], v[fix]
+    mxf, topf = zf.max(dim=1)
+    cf = topf.clone()
+    rk = vf < TOP1_RANKS
+    if bool(rk.any()):
+        ranked = torch.topk(zf[rk], min(TOP1_RANKS, z.shape[1]), dim=1).indices
+        cf[rk] = ranked.gather(1, vf[rk].view(-1, 1)).view(-1)
+    esc = ~rk
+    if bool(esc.any()):
+        cf[esc] = vf[esc] - TOP1_RANKS
+    if classes is not None:
+        classes[fix] = cf
+    if rule == "lift":  # exactly as format-1.0 files were decoded
+        m = mxf
         new = m + margin
         new = torch.where(new > m, new, torch.nextafter(m, torch.full_like(m, float("inf"))))
-        cf = c[fix]
         z[fix, cf] = torch.maximum(new, z[fix, cf]) if margin > 0 else new
-    elif fix.numel():
-        m, cf, tf = mx[fix], c[fix], top[fix]
+    else:
+        m, tf = mxf, topf
         zc = z[fix, cf].clone()
         z[fix, tf] = zc
         z[fix, cf] = m
@@ -195,7 +203,7 @@ def apply_top1(z: torch.Tensor, v: torch.Tensor, margin: float, rule: str = "swa
         new = om + margin
         new = torch.where(new > om, new, torch.nextafter(om, torch.full_like(om, float("inf"))))
         z[fix, cf] = torch.maximum(z[fix, cf], new)
-    return c
+    return classes
 
 
 def train_top1(z: torch.Tensor, c: torch.Tensor, margin: float, rule: str = "swap") -> torch.Tensor:
@@ -947,5 +955,5 @@ class VQCodec(Codec):
             b = self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
             if b is not None:
                 z += b
-            apply_top1(z, v[i:i + br], margin, self.config["top1_rule"])
+            apply_top1(z, v[i:i + br], margin, self.config["top1_rule"], return_classes=False)
         return out
