@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.seeds, args.epochs, args.ipc = min(args.seeds, 2), min(args.epochs or 60, 60), [10]
         if "vq" in codec_ids() and not args.variants:
-            variants = variants + ["vq:16"]
+            variants = variants + ["vq:4"]   # C = 10: the image prior makes 4 bits enough
     if args.codec:
         variants = variants + [f"{args.codec}:{b:g}" for b in args.bits]
     parsed = [(v, *parse_variant(v)) for v in variants]

@@ -160,6 +160,27 @@ def top1_symbols(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, gt, TOP1_RANKS + c.view(-1))
 
 
+def _class_at_rank(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """For each row, the class at position ``v`` (1..15) of ``z`` sorted in decreasing order.
+
+    Rank 1 (the most common symbol after 0) is the maximum once the first maximum is removed -
+    valid because the encoder writes a rank only where exactly ``v`` logits lie above the class
+    (by more than TOP1_EPS), so which of tied larger logits is removed does not matter; higher
+    ranks use a top-(max rank + 1) selection."""
+    out = torch.empty_like(v)
+    one = v == 1
+    if bool(one.any()):
+        w = z[one]
+        w[torch.arange(w.shape[0], device=z.device), w.argmax(dim=1)] = float("-inf")
+        out[one] = w.argmax(dim=1)
+    more = ~one
+    if bool(more.any()):
+        vm = v[more]
+        top = torch.topk(z[more], int(vm.max()) + 1, dim=1).indices
+        out[more] = top.gather(1, vm.view(-1, 1)).view(-1)
+    return out
+
+
 def apply_top1(z: torch.Tensor, v: torch.Tensor, margin: float, rule: str = "swap",
                return_classes: bool = True) -> torch.Tensor | None:
     """Decode the ``top1`` symbols ``v`` against logits ``z`` and make that class the strict
@@ -180,8 +201,7 @@ def apply_top1(z: torch.Tensor, v: torch.Tensor, margin: float, rule: str = "swa
     cf = topf.clone()
     rk = vf < TOP1_RANKS
     if bool(rk.any()):
-        ranked = torch.topk(zf[rk], min(TOP1_RANKS, z.shape[1]), dim=1).indices
-        cf[rk] = ranked.gather(1, vf[rk].view(-1, 1)).view(-1)
+        cf[rk] = _class_at_rank(zf[rk], vf[rk])
     esc = ~rk
     if bool(esc.any()):
         cf[esc] = vf[esc] - TOP1_RANKS
