@@ -1,4 +1,6 @@
 """vq's image_bias (format 1.2): a per-image prior [images, C] added to the decoded logits."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,59 @@ def test_decode_needs_the_label_indices():
         codec.decode(streams, Context(classes=C, label_shape=(I, A)))
     with pytest.raises(FormatError):
         codec.decode(streams, Context(classes=C, label_shape=(I, A), rows=np.arange(64) + I * A))
+
+
+# --------------------------------------------------------------------------- hostile whole files
+GOLDEN_V12 = os.path.join(os.path.dirname(__file__), "..", "spec", "golden", "v1.2-vq-image-bias-logits.vqsl")
+
+
+def _rewrite(out, params=None, config=None, shape=None):
+    """The v1.2 golden file rewritten with valid checksums and edited params / config / shape."""
+    from slcodec.container import ContainerWriter
+    from slcodec.shards import _copy_section
+    with Container.open(GOLDEN_V12) as c:
+        header = {k: v for k, v in c.header.items() if k != "sections"}
+        header["codec"] = dict(header["codec"], config=dict(header["codec"]["config"], **(config or {})))
+        if shape is not None:
+            header["labels"] = dict(header["labels"], shape=shape)
+        builders = []
+        with ContainerWriter(out) as cw:
+            for sec in c.header["sections"]:
+                name = sec["name"]
+                if name.startswith("params/") and params and name[7:] in params:
+                    if params[name[7:]] is not None:
+                        cw.add_array(name, params[name[7:]])
+                    continue
+                _copy_section(cw, c, sec, os.path.dirname(out), builders)
+            cw.commit(header, minor=2)
+        for b in builders:
+            b.close()
+
+
+@pytest.mark.parametrize("case, rule", [
+    ("short_table", "codec-params"), ("no_table", "codec-params"), ("flat_labels", "codec-params"),
+    ("stored_auto", "codec"), ("unknown_key", "codec")])
+def test_hostile_v12_files_are_rejected(case, rule, tmp_path):
+    from slcodec.cli import main as cli_main
+    with Container.open(GOLDEN_V12) as c:
+        table = c.read_array("params/image_bias")
+        n_img, n_aug, classes = c.header["labels"]["shape"]
+    out = str(tmp_path / f"{case}.vqsl")
+    kw = {"short_table": {"params": {"image_bias": table[:-1]}},
+          "no_table": {"params": {"image_bias": None}},
+          "flat_labels": {"shape": [n_img * n_aug, classes]},
+          "stored_auto": {"config": {"image_bias": "auto"}},
+          "unknown_key": {"config": {"image_prior_v2": True}}}[case]
+    _rewrite(out, **kw)
+    with pytest.raises(FormatError) as ei:
+        with slcodec.open(out) as r:
+            r.decode(None)
+    assert ei.value.rule == rule
+    assert cli_main(["verify", out]) == 1
+
+
+def test_rewrite_without_edits_decodes_like_the_golden_file(tmp_path):
+    out = str(tmp_path / "same.vqsl")
+    _rewrite(out)
+    with slcodec.open(out) as a, slcodec.open(GOLDEN_V12) as b:
+        assert torch.equal(a.decode(None), b.decode(None))
