@@ -244,3 +244,19 @@ def test_hidden_width_defaults_by_class_count():
     streams = codec.encode(x, Context(classes=10))
     t = {k: torch.from_numpy(v.astype(np.int64)) for k, v in streams.items()}
     assert torch.equal(again.decode(t, Context(classes=10)), codec.decode(t, Context(classes=10)))
+
+
+def test_class_at_rank_matches_a_full_sort():
+    from slcodec.codecs.vq import _class_at_rank
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(500, 40, generator=g)
+    v = torch.randint(1, TOP1_RANKS, (500,), generator=g)
+    want = torch.sort(z, dim=1, descending=True).indices.gather(1, v.view(-1, 1)).view(-1)
+    assert torch.equal(_class_at_rank(z, v), want)
+    # ties among the larger logits do not change the answer (the encoder only writes robust ranks)
+    z2 = z.clone()
+    top2 = torch.topk(z2, 2, dim=1).indices
+    z2.scatter_(1, top2[:, 1:], z2.gather(1, top2[:, :1]))          # the two largest now tie
+    v2 = torch.full((500,), 2)
+    want2 = torch.sort(z2, dim=1, descending=True, stable=True).indices[:, 2]
+    assert torch.equal(_class_at_rank(z2, v2), want2)
