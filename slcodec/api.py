@@ -316,6 +316,7 @@ class Reader:
             ctx.rows = rows
             try:
                 self.codec.validate_streams(raw, self.classes)
+                ctx.streams_checked = True
                 values = self.codec.decode({name: _to_torch(arr, device) for name, arr in raw.items()}, ctx)
             except FormatError as exc:
                 raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None

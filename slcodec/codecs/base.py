@@ -54,6 +54,8 @@ class Context:
     #: caller knows them (Writer and Reader always pass them); codecs that condition on the
     #: image of a label (``vq`` with ``image_bias``) need them
     rows: Any = None
+    #: the caller ran validate_streams on these stream rows already (the Reader does)
+    streams_checked: bool = False
 
 
 class Codec(ABC):

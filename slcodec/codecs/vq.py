@@ -963,7 +963,7 @@ class VQCodec(Codec):
         if idx.shape != (n, self.M):
             raise FormatError(f"vq: codes stream is {list(idx.shape)}, expected [{n}, {self.M}]",
                               rule="codec-streams")
-        if n and (int(idx.min()) < 0 or int(idx.max()) >= self.K
+        if n and not ctx.streams_checked and (int(idx.min()) < 0 or int(idx.max()) >= self.K
                   or int(v.min()) < 0 or int(v.max()) >= TOP1_RANKS + self._classes
                   or bool(((v >= self._classes) & (v < TOP1_RANKS)).any())):
             raise FormatError("vq: stream value out of range", rule="codec-streams")
