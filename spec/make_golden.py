@@ -36,6 +36,8 @@ def cases():
                                  "train_batch": 64}, "probs", 1e-4, "1.0"),
         # format 1.1: a sharded set, the manifest and 2 shards of 3 labels (one image's views each)
         "v1.1-topk5-sharded": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.1", {"shard_rows": 3}),
+        # format 1.2: the sparse codec (top-k with one-byte log-probabilities and a 4-bit tail prior)
+        "v1.2-sparse-k5-logits": (logits16, "sparse", {"k": 5}, "probs", 1e-6, "1.2"),
         # format 1.2: vq with image_bias (a per-image [images, C] prior added to the decoder's logits)
         "v1.2-vq-image-bias-logits": (np.load(FIXTURE)[:4, :16], "vq",
                                       {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,

@@ -179,6 +179,6 @@ def _load_builtin() -> None:
     import importlib
     import importlib.util
 
-    for name in ("raw", "topk", "vq"):
+    for name in ("raw", "topk", "sparse", "vq"):
         if importlib.util.find_spec(f"{__package__}.{name}") is not None:
             importlib.import_module(f"{__package__}.{name}")

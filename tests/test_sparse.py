@@ -1,0 +1,111 @@
+"""The ``sparse`` codec: top-k classes with one-byte log-probabilities and a 4-bit tail prior."""
+import numpy as np
+import pytest
+import torch
+
+import slcodec
+from slcodec.codecs.base import Context
+from slcodec.codecs.sparse import SparseCodec
+from slcodec.container import Container
+from slcodec.errors import ConfigError, FormatError
+
+FIXTURE = slcodec.__path__[0] + "/data/lite0_8x64_fp16.npy"
+
+
+def _labels():
+    return np.load(FIXTURE).astype(np.float32).reshape(-1, 1000)      # 512 real teacher labels
+
+
+def _kl(x, q):
+    p = torch.log_softmax(torch.from_numpy(x), 1)
+    return float((p.exp() * (p - q)).sum(1).mean())
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_keeps_the_argmax_and_beats_an_even_tail(k, tmp_path):
+    x = _labels()
+    kls = {}
+    for tail in ("prior", "uniform"):
+        path = tmp_path / f"{tail}.vqsl"
+        slcodec.encode(x, path, codec="sparse", k=k, tail=tail)
+        with slcodec.open(path) as r:
+            q = r.decode(None, as_="log_probs")
+        assert torch.equal(q.argmax(1), torch.from_numpy(x).argmax(1))
+        kls[tail] = _kl(x, q)
+    slcodec.encode(x, tmp_path / "fkd.vqsl", codec="topk", k=k)
+    with slcodec.open(tmp_path / "fkd.vqsl") as r:
+        kl_fkd = _kl(x, r.decode(None, as_="log_probs"))
+    assert kls["prior"] < 0.8 * kls["uniform"]
+    # an even tail with one-byte log-probabilities is FKD up to the quantization (step 1/16 nat)
+    assert abs(kls["uniform"] - kl_fkd) < 0.02 * kl_fkd + 1e-3
+
+
+def test_decoded_values_follow_the_stored_log_probs(tmp_path):
+    x = _labels()[:64]
+    slcodec.encode(x, tmp_path / "s.vqsl", codec="sparse", k=4, tail="uniform")   # step 1/16 nat
+    with slcodec.open(tmp_path / "s.vqsl") as r:
+        q = r.decode(None, as_="log_probs")
+        ids = torch.from_numpy(r.streams["ids"].read_rows(0, 64).astype(np.int64))
+    lp = torch.log_softmax(torch.from_numpy(x), 1)
+    # the stored classes are the top 4 (FP16 logits tie often: compare values, not ids)
+    assert torch.equal(lp.gather(1, ids), torch.topk(lp, 4, dim=1).values)
+    # the stored classes keep their log-probabilities to about half a step (after renormalising),
+    # except those more than 255 steps (16 nats) below the top, which saturate there
+    top = lp.gather(1, ids)
+    inside = (top[:, :1] - top) < 255 / 16 - 0.1
+    err = (q.gather(1, ids) - top).abs()
+    assert float(err[inside].max()) < 0.5 / 16 + 0.04     # half a step + the renormalisation shift
+    assert bool((q.gather(1, ids)[~inside] >= top[~inside]).all())
+    # no tail class outranks a stored one
+    tail_max = q.scatter(1, ids, float("-inf")).max(1).values
+    assert bool((tail_max < q.gather(1, ids).min(1).values).all())
+
+
+def test_prior_is_four_bit_packed_and_checked():
+    x = torch.from_numpy(_labels()[:, :999].copy())                   # odd C: a spare nibble
+    codec = SparseCodec(k=3)
+    codec.fit(x, Context(classes=999))
+    prior = codec.get_params()["prior"]
+    assert prior.dtype == np.uint8 and prior.shape == (500,) and prior[-1] >> 4 == 0
+    cfg = codec.get_config()
+    ctx = Context(classes=999)
+    other = SparseCodec.from_config(cfg)
+    other.set_params({"prior": prior}, ctx)
+    streams = {k: torch.as_tensor(v.astype(np.int64)) for k, v in codec.encode(x, ctx).items()}
+    assert torch.equal(codec.decode(streams, ctx), other.decode(streams, ctx))
+    bad = [{"prior": prior[:-1]}, {"prior": prior.astype(np.int8)}, {},
+           {"prior": np.where(np.arange(500) == 499, 0x10, prior).astype(np.uint8)},
+           {"prior": prior, "extra": prior}]
+    for params in bad:
+        with pytest.raises(FormatError) as ei:
+            SparseCodec.from_config(cfg).set_params(params, ctx)
+        assert ei.value.rule == "codec-params"
+    with pytest.raises(FormatError):                                   # a uniform tail has no params
+        SparseCodec.from_config(dict(cfg, tail="uniform")).set_params({"prior": prior}, ctx)
+
+
+def test_bad_config_and_streams(tmp_path):
+    with pytest.raises(ConfigError):
+        SparseCodec(k=0)
+    with pytest.raises(ConfigError):
+        SparseCodec(step=0)
+    with pytest.raises(ConfigError, match="smaller than"):
+        slcodec.encode(np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32), tmp_path / "x.vqsl",
+                       codec="sparse", k=4)
+    assert not (tmp_path / "x.vqsl").exists()
+    codec = SparseCodec(k=2, tail="uniform")
+    with pytest.raises(FormatError):
+        codec.validate_streams({"ids": np.array([[3, 10]], np.uint16), "gaps": np.zeros((1, 2), np.uint8)}, 10)
+
+
+def test_file_layout_and_random_access(tmp_path):
+    x = _labels()
+    slcodec.encode(x.reshape(8, 64, 1000), tmp_path / "s.vqsl", codec="sparse", k=3)
+    with Container.open(tmp_path / "s.vqsl") as c:
+        assert c.read_array("params/prior").shape == (500,)
+        assert c.stream("streams/ids").width == 3 and c.stream("streams/gaps").dtype == np.uint8
+    with slcodec.open(tmp_path / "s.vqsl") as r:
+        whole = r.decode(None).reshape(-1, 1000)
+        idx = np.array([3, 500, 0, 64 * 5 + 7])
+        assert torch.equal(r.decode(idx), whole[idx])
+        assert torch.equal(r.decode((5, 7)), whole[64 * 5 + 7])
