@@ -28,7 +28,11 @@ with ``slcodec.open(...).decode`` and measured.  Bits per label = file bytes * 8
 file; ``fixed bytes`` and ``marginal bits`` come from ``slcodec.stats.file_stats`` (label streams
 vs everything else).
 
-For each baseline (per part) the vq point with the fewest bits that is at least as good on KL at
+slcodec ``sparse`` (top-k ids, one-byte log-probabilities, a fitted 4-bit tail prior) runs on
+``lm3`` and ``imagenet`` the same way.  ``--reuse`` takes the baseline rows (and the slcodec rows of
+configurations already run) from the previous JSON of the same data set and source.
+
+For each baseline (per part) the slcodec point (vq or sparse) with the fewest bits that is at least as good on KL at
 the training temperature and on top-1 agreement is reported ("for baseline X: vq at B bits,
 N x fewer bits" or "no vq point dominates X").  Because the fixed part of a vq file (a decoder
 with a hidden x C output layer) weighs heavily on the small label sets here, the same test is
@@ -82,8 +86,12 @@ VQ_FULL = {
     "fmnist": [(f"vq-h32 image-prior b{b}", {"bits": b, **SMALL_C, "steps": 3000}) for b in (3, 4, 6, 8)]
     + [(f"vq-h32 no-prior b{b}", {"bits": b, **SMALL_C, "image_bias": "off", "steps": 3000}) for b in (6, 10)],
     "lm3": [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "temperature": [1.0, 2.0],
-                              "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)],
+                              "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)]
+    + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)],
 }
+# the sparse codec on ImageNet too (its top-1 point against FKD top-1)
+VQ_FULL["imagenet"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 5)]
+SLCODEC_KINDS = ("vq", "slcodec")   # rows of slcodec codecs ("vq": rows of runs before `sparse` existed)
 VQ_QUICK = {
     "imagenet": [(f"vq b{b}", {"bits": b, "steps": 300}) for b in (16, 48)],
     "fmnist": [(f"vq-h32 image-prior b{b}", {"bits": b, **SMALL_C, "steps": 600}) for b in (4, 6)],
@@ -164,7 +172,7 @@ def run_baselines(ds: dict, quick: bool, log) -> list[dict]:
 def write_with_codec(path: str, codec, rows: np.ndarray, shape, opts: dict, C: int) -> None:
     """A real .vqsl file of ``rows`` written by slcodec.Writer with an already fitted ``codec``
     (its ``fit`` is bypassed for this file, so every part is coded by the same parameters)."""
-    w = slcodec.Writer(path, codec="vq", classes=C, shape=shape, seed=0, **opts)
+    w = slcodec.Writer(path, codec=codec.codec_id, classes=C, shape=shape, seed=0, **opts)
     w.codec = codec
     codec.fit = lambda labels, ctx: None      # instance attribute: the fitted state is kept
     try:
@@ -176,14 +184,18 @@ def write_with_codec(path: str, codec, rows: np.ndarray, shape, opts: dict, C: i
         del codec.fit
 
 
-def run_vq(ds: dict, configs, tmp: str, log) -> list[dict]:
+def run_vq(ds: dict, configs, tmp: str, log, skip=()) -> list[dict]:
     rows = []
     C = ds["C"]
     for label, opts in configs:
-        codec = get_codec_class("vq")(**opts)
+        if label in skip:
+            continue
+        opts = dict(opts)
+        codec_id = opts.pop("codec", "vq")
+        codec = get_codec_class(codec_id)(**opts)
         ctx = Context(source_kind="logits", classes=C, device="cpu", seed=0)
         fit_shape = ds["parts"]["fit"][1]
-        if ds.get("fit_is_all") and codec.wants_image_means(fit_shape, C):
+        if ds.get("fit_is_all") and codec_id == "vq" and codec.wants_image_means(fit_shape, C):
             # the image prior is per image: only where the fitted part is the whole reported set
             with RowReader(ds["fit"]) as rr:
                 codec.set_image_means(image_mean_log_probs(rr, fit_shape, "logits"))
@@ -202,10 +214,11 @@ def run_vq(ds: dict, configs, tmp: str, log) -> list[dict]:
                 st = file_stats(c)
             assert st["labels"] == len(data) and st["file_bytes"] == os.path.getsize(path)
             m = B.metrics(data, dec, ds["temps"])
-            rows.append({"method": "slcodec vq", "params": label, "kind": "vq", "options": opts, "part": part,
+            extra = {"M": codec.M, "K": codec.K, "nominal_bits": codec.nominal_bits} if codec_id == "vq" else {}
+            rows.append({"method": f"slcodec {codec_id}", "params": label,
+                         "kind": "vq" if codec_id == "vq" else "slcodec", "options": opts, "part": part,
                          "labels": len(data), "bytes": st["file_bytes"], "bits_per_label": st["bits_per_label"],
-                         "fixed_bytes": st["fixed_bytes"], "marginal_bits": st["marginal_bits_per_label"],
-                         "M": codec.M, "K": codec.K, "nominal_bits": codec.nominal_bits,
+                         "fixed_bytes": st["fixed_bytes"], "marginal_bits": st["marginal_bits_per_label"], **extra,
                          "fit_seconds": round(fit_s, 1), "seconds": round(enc_s, 2), **m})
             log(f"  {label} {part}: {st['bits_per_label']:.1f} bits ({st['fixed_bytes']} B fixed + "
                 f"{st['marginal_bits_per_label']:.2f} marginal), KL@T{ds['train_T']} "
@@ -222,7 +235,7 @@ def dominance(rows: list[dict], train_T: float, bits_key: str = "bits_per_label"
     for b in rows:
         if b["kind"] != "baseline":
             continue
-        cands = [v for v in rows if v["kind"] == "vq" and v["part"] == b["part"]
+        cands = [v for v in rows if v["kind"] in SLCODEC_KINDS and v["part"] == b["part"]
                  and v[klk] <= b[klk] and v["top1"] >= b["top1"]]
         best = min(cands, key=lambda v: v[bits_key]) if cands else None
         rec = {"baseline": f"{b['method']}({b['params']})", "part": b["part"], "baseline_bits": b[bits_key],
@@ -231,8 +244,8 @@ def dominance(rows: list[dict], train_T: float, bits_key: str = "bits_per_label"
         rec["line"] = (f"for baseline {rec['baseline']} [{b['part']}, {b[bits_key]:.1f} bits]: "
                        f"{best['params']} at {best[bits_key]:.1f} bits, " + (
                            f"{rec['ratio']:.1f} x fewer bits" if rec["ratio"] >= 1 else
-                           f"{1 / rec['ratio']:.1f} x MORE bits (no vq point as good is smaller)")
-                       if best else f"for baseline {rec['baseline']} [{b['part']}]: no vq point dominates it")
+                           f"{1 / rec['ratio']:.1f} x MORE bits (no slcodec point as good is smaller)")
+                       if best else f"for baseline {rec['baseline']} [{b['part']}]: no slcodec point dominates it")
         out.append(rec)
     return out
 
@@ -282,7 +295,7 @@ def plot(rows: list[dict], ds: dict, name: str, path: Path) -> bool:
             if key == klk:
                 y = max(y, 1e-7)   # lossless points on a log axis
             ax.scatter(r["bits_per_label"], y, marker=markers.get(r["part"], "o"), color=colors[r["method"]],
-                       edgecolors="k" if r["kind"] == "vq" else "none", s=45, alpha=0.85)
+                       edgecolors="k" if r["kind"] in SLCODEC_KINDS else "none", s=45, alpha=0.85)
         for part in parts:
             pts = [(r["bits_per_label"], max(r[key], 1e-7) if key == klk else r[key]) for r in rows if r["part"] == part]
             fr = pareto(pts, lower)
@@ -299,7 +312,7 @@ def plot(rows: list[dict], ds: dict, name: str, path: Path) -> bool:
     handles += [plt.Line2D([], [], marker=markers.get(p, "o"), ls="", color="grey", label=f"part: {p}") for p in parts]
     h2, l2 = axes[0].get_legend_handles_labels()
     axes[1].legend(handles=handles + h2, fontsize=7, loc="lower right")
-    fig.suptitle(f"{name}: {ds['source']} (C={ds['C']}); vq points outlined")
+    fig.suptitle(f"{name}: {ds['source']} (C={ds['C']}); slcodec points outlined")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -315,6 +328,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--no-vq", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--reuse", action="store_true",
+                    help="take the baseline rows, and the slcodec rows of configurations already run, from the "
+                         "previous JSON of the same data set and source (same code, same data); run the rest")
     args = ap.parse_args(argv)
     get_codec_class("vq")   # import every codec now: a long run must not pick up later edits halfway
     torch.set_num_threads(args.threads)
@@ -334,11 +350,21 @@ def main(argv=None) -> int:
         ds = load_dataset(name, args.quick)
         log(f"{name}: C={ds['C']}, fit {len(ds['fit'])} labels; parts "
             + ", ".join(f"{p} {len(d)}" for p, (d, _) in ds["parts"].items()))
-        rows = [] if args.no_baselines else run_baselines(ds, args.quick, log)
+        old = []
+        prev = args.out / f"{prefix}{name}.json"
+        if args.reuse and prev.exists():
+            got = json.loads(prev.read_text())
+            if got.get("source") == ds["source"]:
+                old = got["rows"]
+                log(f"  reusing {len(old)} rows of {prev.name}")
+        reused_base = [r for r in old if r["kind"] == "baseline"]
+        rows = reused_base if reused_base or args.no_baselines else run_baselines(ds, args.quick, log)
         t_base = time.perf_counter() - t0
         if not args.no_vq:
+            done = {r["params"] for r in old if r["kind"] in SLCODEC_KINDS}
+            rows += [r for r in old if r["kind"] in SLCODEC_KINDS]
             with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-                rows += run_vq(ds, (VQ_QUICK if args.quick else VQ_FULL)[name], tmp, log)
+                rows += run_vq(ds, (VQ_QUICK if args.quick else VQ_FULL)[name], tmp, log, skip=done)
         secs = time.perf_counter() - t0
         T = ds["train_T"]
         dom = dominance(rows, T)
@@ -346,8 +372,10 @@ def main(argv=None) -> int:
         table = markdown(rows, ds["temps"], name)
         text = [f"## {name}: {ds['source']}, C = {ds['C']}", "",
                 f"Training temperature for the dominance test: T = {T:g}. Run time {secs:.0f} s "
-                f"(baselines {t_base:.0f} s).", "", table, "",
-                "### slcodec vq against each baseline (all bits counted)", ""]
+                f"(baselines {t_base:.0f} s)" + (f"; {len(old)} rows reused from the previous run (--reuse), "
+                                                f"which took {got['seconds']:.0f} s" if old else "") + ".",
+                "", table, "",
+                "### slcodec (vq, sparse) against each baseline (all bits counted)", ""]
         text += [f"- {d['line']}" for d in dom]
         text += ["", "### the same on marginal bits only (fixed part excluded: the large-set limit)", ""]
         text += [f"- {d['line']}" for d in dom_marg]
