@@ -89,6 +89,8 @@ VQ_FULL = {
                               "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)]
     + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)],
 }
+VQ_QUICK["lm3"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 5)]
+VQ_QUICK["imagenet"] += [("sparse k1", {"codec": "sparse", "k": 1})]
 # the sparse codec on ImageNet too (its top-1 point against FKD top-1)
 VQ_FULL["imagenet"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 5)]
 SLCODEC_KINDS = ("vq", "slcodec")   # rows of slcodec codecs ("vq": rows of runs before `sparse` existed)
