@@ -89,8 +89,6 @@ VQ_FULL = {
                               "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)]
     + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)],
 }
-VQ_QUICK["lm3"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 5)]
-VQ_QUICK["imagenet"] += [("sparse k1", {"codec": "sparse", "k": 1})]
 # the sparse codec on ImageNet too (its top-1 point against FKD top-1)
 VQ_FULL["imagenet"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 5)]
 SLCODEC_KINDS = ("vq", "slcodec")   # rows of slcodec codecs ("vq": rows of runs before `sparse` existed)
@@ -100,6 +98,8 @@ VQ_QUICK = {
     "lm3": [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "temperature": [1.0, 2.0],
                               "fit_sample": 2000, "train_batch": 256, "steps": 60}) for b in (32, 128)],
 }
+VQ_QUICK["lm3"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 5)]
+VQ_QUICK["imagenet"] += [("sparse k1", {"codec": "sparse", "k": 1})]
 # the FKD grid k = 1, 5, 10, 20, 50: baselines.settings has 5 and 50
 EXTRA_TOPK = [("fkd_topk", {"k": k, "zstd_level": 19}) for k in (1, 10, 20)]
 QUICK_BASELINES = [("fp16", {}), ("zstd_fp16", {"level": 3}), ("shuffle_zstd_fp16", {"level": 3}),
