@@ -260,3 +260,26 @@ def test_class_at_rank_matches_a_full_sort():
     v2 = torch.full((500,), 2)
     want2 = torch.sort(z2, dim=1, descending=True, stable=True).indices[:, 2]
     assert torch.equal(_class_at_rank(z2, v2), want2)
+
+
+def test_rank_weight_ranks_the_top_class_first_more_often():
+    """The fitting-only rank hinge leaves fewer labels whose decoded argmax needs the top1 fix."""
+    x = _synthetic(600, 24)
+    ctx = Context(classes=24, seed=3)
+    fixes = {}
+    for w in (0.0, 1.0):
+        codec = VQCodec(**TINY, rank_weight=w)
+        codec.fit(x, ctx)
+        fixes[w] = int((torch.as_tensor(codec.encode(x, ctx)["top1"].astype(np.int64)) != 0).sum())
+        assert "rank_weight" not in codec.get_config()      # fitting-only: not in the stored config
+        assert codec.fit_info["rank_weight"] == w
+    assert fixes[1.0] < fixes[0.0]
+    with pytest.raises(ConfigError):
+        VQCodec(rank_weight="x")
+
+
+@pytest.mark.parametrize("opts", [{"steps": "x"}, {"hidden": 2.5}, {"bits": "x"}, {"code_dim": None},
+                                  {"decoder_layers": True}, {"rank_weight": -1.0}, {"fit_threads": float("inf")}])
+def test_bad_option_values_are_config_errors(opts):
+    with pytest.raises(ConfigError):
+        VQCodec(**opts)

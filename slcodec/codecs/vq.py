@@ -100,6 +100,7 @@ DEFAULT_HIDDEN = 256        # decoder width when C >= SMALL_C
 SMALL_C, SMALL_C_HIDDEN = 256, 64
 TOP1_RANKS = 16            # top1 stream: values < 16 are ranks in the decoded logits, else 16 + class
 TOP1_EPS = 2e-4            # a rank is used only when no other decoded logit is within eps*(1+|z_c|)
+TOP1_HINGE = 0.05          # rank_weight: margin (nats) the hinge asks of the true class
 IMAGE_BIAS_MAX_BITS = 1.0  # image_bias="auto": on when the [images, C] table costs <= this per label
 
 
@@ -446,6 +447,8 @@ class VQCodec(Codec):
                "(16*C/augmentations, e.g. C=10 with 300 views); needs the per-image means of the whole set, "
                "which slcodec.encode computes (Writer users: Writer.set_image_means)",
                choices=("auto", "on", "off")),
+        Option("rank_weight", float, 0.0, "fitting only: weight of a hinge loss that ranks the teacher's top "
+               "class first in the decoder's own logits (fewer top-1 fix-ups: smaller top1 stream, faster decode)"),
         Option("fit_threads", int, 1, "torch CPU threads while fitting (0: leave as is); restored after"),
     )
 
@@ -462,24 +465,32 @@ class VQCodec(Codec):
         if not t or any(not (v > 0 and math.isfinite(v)) for v in t):
             raise ConfigError(f"vq: temperatures must be positive, got {t}")
         c["temperature"] = t
-        for name in ("codes", "codebook_size", "encoder_hidden", "hidden"):
+        for name in ("codes", "codebook_size", "encoder_hidden", "hidden", "code_dim", "fit_sample", "steps",
+                     "train_batch", "topk_input", "batch_rows", "decoder_layers", "fit_threads"):
             if c[name] is not None:
-                c[name] = int(c[name])
+                try:
+                    if isinstance(c[name], bool) or float(c[name]) != int(c[name]):
+                        raise ValueError
+                    c[name] = int(c[name])
+                except (TypeError, ValueError, OverflowError):
+                    raise ConfigError(f"vq: {name} must be an integer, got {c[name]!r}") from None
         if c["hidden"] is not None and c["hidden"] < 1:
             raise ConfigError("vq: hidden must be >= 1")
         for name in ("code_dim", "fit_sample", "steps", "train_batch",
                      "topk_input", "batch_rows"):
-            c[name] = int(c[name])
-            if c[name] < 1:
+            if c[name] is None or c[name] < 1:
                 raise ConfigError(f"vq: {name} must be >= 1, got {c[name]}")
-        c["decoder_layers"] = int(c["decoder_layers"])
-        if c["decoder_layers"] < 0:
+        if c["decoder_layers"] is None or c["decoder_layers"] < 0:
             raise ConfigError("vq: decoder_layers must be >= 0")
-        c["fit_threads"] = int(c["fit_threads"])
-        if c["fit_threads"] < 0:
+        if c["fit_threads"] is None or c["fit_threads"] < 0:
             raise ConfigError("vq: fit_threads must be >= 0")
-        for name in ("bits", "margin", "lr", "warmup", "finetune"):
-            c[name] = float(c[name])
+        for name in ("bits", "margin", "lr", "warmup", "finetune", "rank_weight"):
+            try:
+                c[name] = float(c[name])
+            except (TypeError, ValueError):
+                raise ConfigError(f"vq: {name} must be a number, got {c[name]!r}") from None
+        if not (c["rank_weight"] >= 0 and math.isfinite(c["rank_weight"])):
+            raise ConfigError(f"vq: rank_weight must be >= 0, got {c['rank_weight']}")
         if not c["bits"] > ARGMAX_BITS:
             raise ConfigError(f"vq: bits must exceed {ARGMAX_BITS} (the argmax budget), got {c['bits']}")
         if c["encoder_hidden"] is not None and c["encoder_hidden"] < 1:
@@ -546,6 +557,9 @@ class VQCodec(Codec):
         cfg = dict(self.config)
         if cfg.get("image_bias") != "on":   # files without the feature keep their format-1.0 config
             cfg.pop("image_bias", None)
+        # fitting-only and added after 1.0: kept out of the stored config (a 1.1 reader rejects
+        # unknown keys) and recorded in the fit info instead
+        cfg.pop("rank_weight", None)
         return cfg
 
     def format_minor(self):
@@ -677,6 +691,17 @@ class VQCodec(Codec):
                 tot = tot + T * T * kl
             return tot, parts
 
+        rank_w = cfg["rank_weight"]
+
+        def rank_loss(z, c):
+            """Hinge pushing the true class above every other logit by TOP1_HINGE before the
+            top-1 fix: rows the decoder already ranks right cost no top1 bits and no decode work."""
+            if not rank_w:
+                return 0.0
+            zc = z.gather(1, c.view(-1, 1))
+            other = z.scatter(1, c.view(-1, 1), float("-inf")).max(dim=1, keepdim=True).values
+            return rank_w * F.relu(other - zc + TOP1_HINGE).mean()
+
         params = enc.params() + [v for k, v in dec.t.items() if k != "codebooks"]
         opt = torch.optim.Adam(params, lr=cfg["lr"], foreach=True)
 
@@ -717,8 +742,10 @@ class VQCodec(Codec):
             out = dec.forward(q.reshape(-1, M * d))
             if b_all is not None:
                 out = out + b_all[bi]
+            rank = rank_loss(out, cb_cls)
             out = train_top1(out, cb_cls, margin, cfg["top1_rule"])
             loss, parts = kl_loss(out, xb)
+            loss = loss + rank
             opt.zero_grad(set_to_none=True)
             (loss + commit).backward()
             opt.step()
@@ -768,8 +795,10 @@ class VQCodec(Codec):
             out = dec.forward(qv.reshape(-1, M * d))
             if b_all is not None:
                 out = out + b_all[bi]
+            rank = rank_loss(out, cb_cls)
             out = train_top1(out, cb_cls, margin, cfg["top1_rule"])
             loss, parts = kl_loss(out, xb)
+            loss = loss + rank
             opt2.zero_grad(set_to_none=True)
             loss.backward()
             opt2.step()
@@ -799,6 +828,7 @@ class VQCodec(Codec):
             "fit_seconds": time.perf_counter() - t0,
             "param_bytes": int(sum(a.nbytes for a in params_np.values())),
             "image_bias": cfg["image_bias"],
+            "rank_weight": cfg["rank_weight"],
             "image_bias_bytes": 0 if self._bias_np is None else int(self._bias_np.nbytes),
         }
         self._log(ctx, f"vq: fitted M={M} K={K} on {n} labels in {self.fit_info['fit_seconds']:.1f}s, "
