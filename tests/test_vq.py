@@ -283,3 +283,18 @@ def test_rank_weight_ranks_the_top_class_first_more_often():
 def test_bad_option_values_are_config_errors(opts):
     with pytest.raises(ConfigError):
         VQCodec(**opts)
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.0])
+def test_cpu_lift_path_equals_the_torch_one(margin):
+    from slcodec.codecs.vq import _apply_top1_lift_cpu
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(2000, 60, generator=g) * 4
+    c = torch.randint(0, 60, (2000,), generator=g)
+    v = top1_symbols(z, c)
+    v[::7] = 0                                    # rows the decoder already ranks right
+    assert bool(((v > 1) & (v < TOP1_RANKS)).any()) and bool((v == 1).any()) and bool((v >= TOP1_RANKS).any())
+    a, b = z.clone(), z.clone()
+    apply_top1(a, v, margin, "lift", return_classes=False)
+    _apply_top1_lift_cpu(b, v, margin)
+    assert torch.equal(a, b)
