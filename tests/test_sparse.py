@@ -109,3 +109,21 @@ def test_file_layout_and_random_access(tmp_path):
         idx = np.array([3, 500, 0, 64 * 5 + 7])
         assert torch.equal(r.decode(idx), whole[idx])
         assert torch.equal(r.decode((5, 7)), whole[64 * 5 + 7])
+
+
+def test_sharded_and_probs_input(tmp_path):
+    x = _labels()
+    slcodec.encode(x, tmp_path / "one.vqsl", codec="sparse", k=4)
+    slcodec.encode(x, tmp_path / "set.vqsl", codec="sparse", k=4, shards=3)
+    with slcodec.open(tmp_path / "one.vqsl") as a, slcodec.open(tmp_path / "set.vqsl") as b:
+        idx = np.random.default_rng(0).permutation(len(x))[:200]
+        assert torch.equal(a.decode(idx), b.decode(idx))
+    # probabilities in, with exact zeros: the same classes, finite output
+    p = torch.softmax(torch.from_numpy(x), 1).numpy()
+    p[:, ::2] = 0.0
+    p /= p.sum(1, keepdims=True)
+    slcodec.encode(p, tmp_path / "p.vqsl", codec="sparse", k=4, input_kind="probs")
+    with slcodec.open(tmp_path / "p.vqsl") as r:
+        q = r.decode(None)
+    assert bool(torch.isfinite(q).all())
+    assert torch.equal(q.argmax(1), torch.from_numpy(p).argmax(1))
