@@ -258,6 +258,10 @@ class Writer:
             rows = np.asarray(rows, dtype=np.int64).reshape(-1)
             if rows.size != block.shape[0]:
                 raise ConfigError(f"fit: {rows.size} row indices for {block.shape[0]} labels")
+            limit = math.prod(self.shape) if self.shape is not None else None
+            if rows.size and (int(rows.min()) < 0 or (limit is not None and int(rows.max()) >= limit)):
+                raise ConfigError(f"fit: row indices must lie in [0, {limit if limit is not None else 'N'}), "
+                                  f"got {int(rows.min())}..{int(rows.max())}")
         try:
             self._fit(block, rows)
             self._flush_held()
@@ -310,7 +314,7 @@ class Writer:
         """Write the labels encoded since the last shard as a shard file (temporary until close)."""
         from .shards import ShardSetWriter
         if self._set is None:
-            self._set = ShardSetWriter(self.path, self._header(), self.codec.get_params())
+            self._set = ShardSetWriter(self.path, self._header(), self._checked_params())
         n = self.count - self._shard_start
         self._entries.append(self._set.write_shard(len(self._entries), self._shard_start, n, self._builders))
         for b in self._builders.values():
@@ -418,6 +422,14 @@ class Writer:
         self._set.write_manifest(self._entries, self._sections())
         self._set.publish()
 
+    def _checked_params(self) -> dict:
+        params = self.codec.get_params()
+        for name, arr in params.items():   # a fit gone wrong must not write a file no reader opens
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ConfigError(f"{self.path}: codec {self.codec_id!r} produced non-finite parameter "
+                                  f"{name!r} (labels with extreme values?); nothing was written")
+        return params
+
     def _write(self):
         if self.shard_rows is not None:
             return self._write_sharded()
@@ -425,8 +437,9 @@ class Writer:
         header = self._header()
         prov = {"created_by": f"slcodec {__version__}"}
         prov.update(self.provenance or {})
+        params = self._checked_params()
         with ContainerWriter(self.path) as writer:
-            for name, arr in codec.get_params().items():
+            for name, arr in params.items():
                 writer.add_array("params/" + name, arr)
             writer.add_msgpack("augment", self.augment or {"mode": "none"})
             writer.add_msgpack("provenance", prov)

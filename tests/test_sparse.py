@@ -127,3 +127,28 @@ def test_sharded_and_probs_input(tmp_path):
         q = r.decode(None)
     assert bool(torch.isfinite(q).all())
     assert torch.equal(q.argmax(1), torch.from_numpy(p).argmax(1))
+
+
+def test_review_cases(tmp_path):
+    # most of the prior on the stored classes, a tiny weight on the 3 left: their share is summed
+    # over them, not taken as a difference of two sums (float32 would give 0 there)
+    codec = SparseCodec(k=17)
+    ctx = Context(classes=20)
+    u = np.zeros(20, np.uint8)
+    u[17:] = 15
+    codec.set_params({"prior": (u[0::2] | (u[1::2] << 4)).astype(np.uint8)}, ctx)
+    ids = torch.arange(17).view(1, -1)
+    gaps = torch.full((1, 17), 80)
+    gaps[0, 0] = 1                       # the stored probabilities sum past 1: R is the 1e-6 floor
+    z = codec.decode({"ids": ids, "gaps": gaps}, ctx)
+    np.testing.assert_allclose(z[0, 17:].exp().numpy(), np.full(3, 1e-6 / 3), rtol=1e-4)
+    # repeated class ids and bad option values are rejected
+    with pytest.raises(FormatError):
+        SparseCodec(k=3, tail="uniform").validate_streams(
+            {"ids": np.array([[1, 1, 2]], np.uint16), "gaps": np.zeros((1, 3), np.uint8)}, 10)
+    for bad in ({"step": "abc"}, {"step": True}, {"prior_step": float("inf")}, {"fit_sample": "x"},
+                {"fit_sample": float("inf")}):
+        with pytest.raises(ConfigError):
+            SparseCodec(**bad)
+    with pytest.raises(ConfigError, match="too fine"):
+        slcodec.encode(_labels()[:8], tmp_path / "f.vqsl", codec="sparse", step=1 / 64)

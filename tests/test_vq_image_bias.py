@@ -206,3 +206,18 @@ def test_rewrite_without_edits_decodes_like_the_golden_file(tmp_path):
     _rewrite(out)
     with slcodec.open(out) as a, slcodec.open(GOLDEN_V12) as b:
         assert torch.equal(a.decode(None), b.decode(None))
+
+
+def test_masked_logits_and_row_checks(tmp_path):
+    x = _views(seed=6)
+    x[:, :, 0] = -1e5                                   # a masked class: log-prob -1e5 < float16 range
+    slcodec.encode(x, tmp_path / "m.vqsl", codec="vq", **TINY)
+    with slcodec.open(tmp_path / "m.vqsl") as r:
+        q = r.decode(None, as_="probs")
+        assert r.codec.get_config()["image_bias"] == "on" and bool(torch.isfinite(q).all())
+    w = slcodec.Writer(tmp_path / "w.vqsl", codec="vq", classes=C, shape=[I, A], **TINY)
+    with pytest.raises(ConfigError, match="row indices"):
+        w.fit(x.reshape(-1, C)[:10], rows=np.arange(10) - 1)
+    w = slcodec.Writer(tmp_path / "w.vqsl", codec="vq", classes=C, shape=[I, A], **TINY)
+    with pytest.raises(ConfigError, match="row indices"):
+        w.fit(x.reshape(-1, C)[:10], rows=np.arange(10) + I * A)

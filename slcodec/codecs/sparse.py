@@ -84,14 +84,15 @@ class SparseCodec(Codec):
         if isinstance(c["k"], bool) or not isinstance(c["k"], int) or c["k"] < 1:
             raise ConfigError(f"sparse: k must be a positive integer, got {c['k']!r}")
         for name in ("step", "prior_step"):
-            c[name] = float(c[name])
-            if not (0 < c[name] <= 4.0):
-                raise ConfigError(f"sparse: {name} must be in (0, 4], got {c[name]}")
+            v = c[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < float(v) <= 4.0):
+                raise ConfigError(f"sparse: {name} must be a number in (0, 4], got {v!r}")
+            c[name] = float(v)
         if c["tail"] not in ("prior", "uniform"):
             raise ConfigError("sparse: tail must be prior or uniform")
-        c["fit_sample"] = int(c["fit_sample"])
-        if c["fit_sample"] < 1:
-            raise ConfigError("sparse: fit_sample must be >= 1")
+        v = c["fit_sample"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"sparse: fit_sample must be a positive integer, got {v!r}")
         self._prior = None        # uint8 [C] as stored
         self._log_w = None        # float32 torch [C]: log of the (unnormalised) prior
         self._classes = None
@@ -100,6 +101,10 @@ class SparseCodec(Codec):
         k = self.config["k"]
         if k >= classes:
             raise ConfigError(f"sparse: k={k} must be smaller than the number of classes ({classes})")
+        if 255 * self.config["step"] < math.log(classes):
+            # the top class's -log p (up to log C) must fit in 255 steps
+            raise ConfigError(f"sparse: step {self.config['step']:g} is too fine for {classes} classes "
+                              f"(255 * step must be >= log C = {math.log(classes):.2f})")
         return k
 
     def stream_specs(self, classes):
@@ -192,6 +197,8 @@ class SparseCodec(Codec):
         if ids.size and int(ids.max()) >= classes:
             raise FormatError(f"sparse: class id {int(ids.max())} out of range (classes={classes})",
                               rule="codec-streams")
+        if ids.ndim == 2 and ids.shape[1] > 1 and bool((np.diff(np.sort(ids, axis=1), axis=1) == 0).any()):
+            raise FormatError("sparse: a label lists the same class twice", rule="codec-streams")
 
     def decode(self, streams, ctx: Context):
         dev = torch.device(ctx.device)
@@ -199,8 +206,10 @@ class SparseCodec(Codec):
         gaps = streams["gaps"].to(dev, torch.float32)
         n, k = ids.shape
         C = ctx.classes or self._classes
-        if n and not ctx.streams_checked and (int(ids.min()) < 0 or int(ids.max()) >= C):
-            raise FormatError("sparse: class id out of range", rule="codec-streams")
+        if n and not ctx.streams_checked and (
+                int(ids.min()) < 0 or int(ids.max()) >= C
+                or (k > 1 and bool((torch.sort(ids, dim=1).values.diff(dim=1) == 0).any()))):
+            raise FormatError("sparse: class id out of range or repeated", rule="codec-streams")
         step = self.config["step"]
         l0 = -gaps[:, :1] * step
         top = torch.cat([l0, l0 - gaps[:, 1:] * step], dim=1)              # [n, k] log-probabilities
@@ -209,9 +218,11 @@ class SparseCodec(Codec):
             z = (log_rest - math.log(C - k)).expand(n, C).clone()
         else:
             lw = self._log_w.to(dev)
-            w = torch.exp(lw - lw.max())
-            left = (w.sum() - w[ids].sum(1, keepdim=True)).clamp_min(1e-30)  # prior mass not stored
-            z = (lw - lw.max()).expand(n, C) + (log_rest - torch.log(left))
+            a = (lw - lw.max()).expand(n, C)
+            # the prior mass of the classes not stored, summed over them (a difference of sums
+            # would lose it when k is close to C)
+            left = a.exp().scatter(1, ids, 0.0).sum(1, keepdim=True).clamp_min(1e-30)
+            z = a + (log_rest - torch.log(left))
         z = torch.minimum(z, top[:, -1:] - 0.5 * step)
         z.scatter_(1, ids, top)
         return z

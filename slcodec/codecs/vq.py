@@ -585,7 +585,9 @@ class VQCodec(Codec):
         means = np.asarray(means, dtype=np.float32)
         if means.ndim != 2 or means.shape[0] < 1 or not np.isfinite(means).all():
             raise ConfigError(f"vq: image means must be a finite [images, C] array, got shape {list(means.shape)}")
-        self._image_means = means
+        # log-probabilities below -1e4 are zero probabilities in any float; the clamp keeps the
+        # stored table finite in float16 (masked logits of -1e5 would overflow it)
+        self._image_means = np.maximum(means, np.float32(-1e4))
 
     def get_config(self):
         cfg = dict(self.config)
