@@ -122,7 +122,20 @@ def cmd_encode(args):
         print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
               f"({s['marginal_bits_per_label']:.2f} in label streams), {s['baselines']['fp16']['ratio']:.1f}x "
               f"smaller than FP16, codec {codec_id}, {elapsed:.1f} s", file=sys.stderr)
+        hint = _small_set_hint(codec_id, config, s)
+        if hint:
+            print(hint, file=sys.stderr)
     return EXIT_OK
+
+
+def _small_set_hint(codec_id: str, config: dict, s: dict) -> str | None:
+    """A one-line note when a learned decoder is most of the file (a set too small for its size)."""
+    fixed, total = s.get("fixed_bytes", 0), s.get("file_bytes", 0)
+    if codec_id != "vq" or not total or fixed < 0.5 * total or "hidden" in config:
+        return None
+    return (f"note: the codec's fixed part ({fixed:,} bytes, the decoder) is {100 * fixed / total:.0f}% of this "
+            f"file; for a set this small a smaller decoder stores fewer bits in all, e.g. --hidden 32 "
+            f"--decoder-layers 0 --bits 8 (BENCHMARKS.md section 3)")
 
 
 def cmd_import(args):

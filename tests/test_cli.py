@@ -611,3 +611,13 @@ def test_failed_commands_do_not_clobber_output(cli, tmp_path, x32_npy, good_vqsl
     assert cli("decode", target, "-o", out, "--as", "logits", "-q")[0] == 0
     np.testing.assert_array_equal(np.load(out), x)
     assert dotfiles(work) == []
+
+
+def test_encode_notes_a_decoder_too_large_for_the_set(cli, tmp_path):
+    rc, _, err = cli("encode", DEMO_FIXTURE, "-o", tmp_path / "a.vqsl", "--codec", "vq", "--steps", "20")
+    assert rc == 0, err
+    assert "note: the codec's fixed part" in err and "--hidden 32" in err
+    rc, _, err = cli("encode", DEMO_FIXTURE, "-o", tmp_path / "b.vqsl", "--codec", "vq", "--steps", "20",
+                     "--hidden", "32", "--decoder-layers", "0")
+    assert rc == 0, err
+    assert "note:" not in err
