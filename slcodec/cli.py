@@ -244,10 +244,21 @@ def cmd_stats(args):
         ref = load_labels(args.reference, args.input_kind)
         with api.open(args.input) as reader:
             s["fidelity"] = reader_fidelity(reader, ref)
+    if args.image_bytes is not None and not args.compare:
+        raise UsageError("--image-bytes goes with --compare")
+    if args.compare:
+        from .stats import add_comparison
+        if args.image_bytes is not None and args.image_bytes < 0:
+            raise UsageError(f"--image-bytes must be >= 0, got {args.image_bytes}")
+        add_comparison(s, args.image_bytes)
     if args.json:
         print(json.dumps(s, indent=2, sort_keys=True))
     else:
         print(format_stats(s))
+        if args.compare:
+            from .stats import format_comparison
+            print()
+            print(format_comparison(s))
     return EXIT_OK
 
 
@@ -449,6 +460,11 @@ def build_parser():
     s.add_argument("input")
     s.add_argument("--json", action="store_true", help="stable JSON output (documented in FORMAT.md)")
     s.add_argument("--reference", default=None, help="the original labels, to report KL, top-1 and top-5")
+    s.add_argument("--compare", action="store_true",
+                   help="also the storage of this label set in the frameworks' own layouts (SRe2L/CDA, FKD, LPQLD)")
+    s.add_argument("--image-bytes", type=int, default=None, metavar="N",
+                   help="with --compare: bytes of one stored image (e.g. 110000 for SRe2L's JPEGs), to show the "
+                        "labels' share of images + labels")
     s.add_argument("--input-kind", default="auto", choices=("auto", "logits", "probs"))
     s.set_defaults(func=cmd_stats)
 

@@ -117,6 +117,84 @@ def file_stats(container: Container, shards=None) -> dict:
     return out
 
 
+#: default relabeling batch of SRe2L / CDA / LPLD (their per-batch records are shared by a batch)
+FRAMEWORK_BATCH = 1024
+
+
+def framework_storage(labels: int, classes: int, augs: int | None, batch: int = FRAMEWORK_BATCH) -> list[dict]:
+    """Bytes the frameworks' own files would hold for a label set of ``labels`` soft labels of
+    ``classes`` classes (array payloads as SOFT_LABELS.md describes them; the pickle container
+    around them is not counted, so these are lower bounds).  ``augs``: views per image, for the
+    per-image column.
+
+    * SRe2L / CDA / LPLD, per label: logits C x FP16 (or FP32), crop box 4 x float32, flip bool,
+      mix index int64; per batch of ``batch``: mix lambda float64 + CutMix box 4 x int64.
+    * FKD, per label (crop): box 4 x float32, flip bool, label [2, k] float32 (ids and probs), k = 5.
+    * LPQLD, per label: box 4 x FP16, mix index uint8, top-k logits k x FP16 + ids k x int16;
+      per batch the mix lambda and box as above; MR-10/50/100 keep k = 10/50/100 classes.
+    """
+    batches = math.ceil(labels / batch) if labels else 0
+    per_batch = 8 + 4 * 8
+    rows = []
+
+    def add(name, per_label, what, per_batch_bytes=0):
+        total = per_label * labels + per_batch_bytes * batches
+        rows.append({"layout": name, "what": what, "bytes": total,
+                     "bits_per_label": total * 8 / max(labels, 1),
+                     "bits_per_image": total * 8 / max(labels, 1) * augs if augs else None})
+
+    crop = 4 * 4 + 1
+    add("SRe2L/CDA FP16", 2 * classes + crop + 8, "FP16 logits + crop/flip/mix records", per_batch)
+    add("SRe2L/CDA FP32", 4 * classes + crop + 8, "FP32 logits + crop/flip/mix records", per_batch)
+    add("FKD top-5", crop + 2 * 5 * 4, "top-5 ids+probs (float32) + crop/flip per crop")
+    for k in (10, 50, 100):
+        if k < classes:
+            add(f"LPQLD MR-{k}", 4 * 2 + 1 + k * 2 + k * 2, f"top-{k} FP16 logits + int16 ids + FP16 crop, uint8 mix",
+                per_batch)
+    return rows
+
+
+def add_comparison(s: dict, image_bytes: int | None = None, batch: int = FRAMEWORK_BATCH) -> dict:
+    """Add ``compare`` to stats ``s``: the frameworks' storage of the same label set (and, with
+    ``image_bytes`` per image, the share of labels in images + labels)."""
+    augs = s.get("augmentations_per_image")
+    rows = framework_storage(s["labels"], s["classes"], augs, batch)
+    mine = {"layout": f"this file ({s['codec']})", "what": "everything in the .vqsl file", "bytes": s["file_bytes"],
+            "bits_per_label": s["bits_per_label"], "bits_per_image": s.get("bits_per_image")}
+    for r in [mine] + rows:
+        r["x_this_file"] = r["bytes"] / s["file_bytes"] if s["file_bytes"] else None
+        if image_bytes is not None and r["bits_per_image"] is not None:
+            img_bits = 8 * image_bytes
+            r["bits_per_image_with_image"] = r["bits_per_image"] + img_bits
+            r["label_share"] = r["bits_per_image"] / (r["bits_per_image"] + img_bits)
+    s["compare"] = {"relabel_batch": batch, "image_bytes": image_bytes, "rows": [mine] + rows,
+                    "note": "framework sizes are array payloads only (their pickle containers add more)"}
+    return s
+
+
+def format_comparison(s: dict) -> str:
+    c = s["compare"]
+    img = c["image_bytes"]
+    head = f"  {'layout':<22} {'bits/label':>12} {'bits/image':>14} {'bytes (this set)':>18} {'x this file':>12}"
+    if img is not None:
+        head += f" {'labels share':>13}"
+    lines = [f"storage of this label set ({s['labels']:,} labels x {s['classes']} classes) in the frameworks' layouts"
+             + (f", images of {img:,} bytes each" if img is not None else "") + ":", head]
+    for r in c["rows"]:
+        per_img = f"{r['bits_per_image']:,.0f}" if r["bits_per_image"] is not None else "-"
+        line = (f"  {r['layout']:<22} {r['bits_per_label']:>12,.1f} {per_img:>14} {r['bytes']:>18,} "
+                f"{r['x_this_file']:>11,.1f}x")
+        if img is not None:
+            line += f" {100 * r['label_share']:>12.1f}%" if r.get("label_share") is not None else f" {'-':>13}"
+        lines.append(line)
+    if img is None:
+        lines.append("  (--image-bytes N adds each layout's share of images + labels)")
+    elif s.get("augmentations_per_image") is None:
+        lines.append("  (a flat [N, C] set has no images: give an [images, views, C] set for the share)")
+    lines.append(f"  {c['note']}; relabeling batch {c['relabel_batch']:,} (SRe2L default)")
+    return "\n".join(lines)
+
+
 def format_stats(s: dict) -> str:
     lines = [f"{s['file']}: {s['labels']:,} labels {s['shape']} ({s['source_kind']}), codec {s['codec']} "
              f"{s['codec_config']}",

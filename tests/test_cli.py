@@ -621,3 +621,27 @@ def test_encode_notes_a_decoder_too_large_for_the_set(cli, tmp_path):
                      "--hidden", "32", "--decoder-layers", "0")
     assert rc == 0, err
     assert "note:" not in err
+
+
+def test_stats_compare_with_the_frameworks(cli, tmp_path):
+    out = tmp_path / "t.vqsl"
+    rc, _, err = cli("encode", DEMO_FIXTURE, "-o", out, "--codec", "topk", "--k", "5")
+    assert rc == 0, err
+    rc, stdout, err = cli("stats", out, "--compare", "--image-bytes", "110000")
+    assert rc == 0, err
+    assert "SRe2L/CDA FP16" in stdout and "FKD top-5" in stdout and "LPQLD MR-10" in stdout
+    assert "labels share" in stdout
+    rc, stdout, _ = cli("stats", out, "--compare", "--image-bytes", "110000", "--json")
+    s = json.loads(stdout)
+    rows = {r["layout"]: r for r in s["compare"]["rows"]}
+    n, C = s["labels"], s["classes"]                                  # 512 labels x 1000 classes
+    batches = -(-n // 1024)
+    assert rows["SRe2L/CDA FP16"]["bytes"] == n * (2 * C + 4 * 4 + 1 + 8) + batches * 40
+    assert rows["FKD top-5"]["bytes"] == n * (4 * 4 + 1 + 2 * 5 * 4)
+    assert rows["LPQLD MR-10"]["bytes"] == n * (8 + 1 + 10 * 4) + batches * 40
+    mine = s["compare"]["rows"][0]
+    assert mine["bytes"] == s["file_bytes"] and mine["x_this_file"] == 1.0
+    share = rows["SRe2L/CDA FP16"]["label_share"]
+    per_img = rows["SRe2L/CDA FP16"]["bits_per_image"]
+    assert abs(share - per_img / (per_img + 8 * 110000)) < 1e-12
+    assert_one_line_error(*cli("stats", out, "--image-bytes", "5")[:3:2])
