@@ -627,11 +627,11 @@ def test_stats_compare_with_the_frameworks(cli, tmp_path):
     out = tmp_path / "t.vqsl"
     rc, _, err = cli("encode", DEMO_FIXTURE, "-o", out, "--codec", "topk", "--k", "5")
     assert rc == 0, err
-    rc, stdout, err = cli("stats", out, "--compare", "--image-bytes", "110000")
+    rc, stdout, err = cli("stats", out, "--compare", "--image-bytes", "13820")
     assert rc == 0, err
     assert "SRe2L/CDA FP16" in stdout and "FKD top-5" in stdout and "LPQLD MR-10" in stdout
     assert "labels share" in stdout
-    rc, stdout, _ = cli("stats", out, "--compare", "--image-bytes", "110000", "--json")
+    rc, stdout, _ = cli("stats", out, "--compare", "--image-bytes", "13820", "--json")
     s = json.loads(stdout)
     rows = {r["layout"]: r for r in s["compare"]["rows"]}
     n, C = s["labels"], s["classes"]                                  # 512 labels x 1000 classes
@@ -643,5 +643,5 @@ def test_stats_compare_with_the_frameworks(cli, tmp_path):
     assert mine["bytes"] == s["file_bytes"] and mine["x_this_file"] == 1.0
     share = rows["SRe2L/CDA FP16"]["label_share"]
     per_img = rows["SRe2L/CDA FP16"]["bits_per_image"]
-    assert abs(share - per_img / (per_img + 8 * 110000)) < 1e-12
+    assert abs(share - per_img / (per_img + 8 * 13820)) < 1e-12
     assert_one_line_error(*cli("stats", out, "--image-bytes", "5")[:3:2])
