@@ -68,7 +68,7 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
     from .api import default_codec, resolve_device
     from .inputs import LabelSource, as_source
     from .shards import ShardSetWriter
-    from .writer import RowReader, Writer, encode_block_rows
+    from .writer import RowReader, Writer, encode_block_rows, image_log_prob_sums
 
     dist = _dist()
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -105,16 +105,25 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
     # A Writer for this rank's range: it fits the codec and spools the streams; the shard and
     # the manifest are then written here rather than by Writer.close.
     tmp = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), f".rank{rank}.unused.vqsl")
-    writer = Writer(tmp, codec_id, classes=src.classes, source_kind=src.kind, device=device, seed=seed,
+    lead = [int(v) for v in src.shape[:-1]]
+    writer = Writer(tmp, codec_id, classes=src.classes, shape=lead, source_kind=src.kind, device=device, seed=seed,
                     fit_sample=fit_sample, source_dtype=str(src.array.dtype), **codec_config)
+    writer._row_offset = lo
     sset = None
     try:
         with RowReader(rows) as reader:
             if writer.needs_fit:
+                if len(lead) == 2 and writer.codec.wants_image_means(lead, src.classes):
+                    # every image's mean over all ranks' rows, as slcodec.encode computes it
+                    sums = image_log_prob_sums(reader, lead, src.kind, encode_block_rows(src.classes, batch_size),
+                                               lo, hi)
+                    if world > 1:
+                        dist.all_reduce(sums)
+                    writer.set_image_means((sums / lead[1]).float().numpy())
                 idx = fit_rows(n, writer.fit_sample)
                 mine = idx[(idx >= lo) & (idx < hi)]
                 parts = gather(reader.take(mine) if mine.size else np.zeros((0, src.classes), rows.dtype))
-                writer.fit(np.concatenate(parts))
+                writer.fit(np.concatenate(parts), rows=idx)
             step = encode_block_rows(src.classes, batch_size)
             for start in range(lo, hi, step):
                 writer.append(reader.read(start, min(hi, start + step)))

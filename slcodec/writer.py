@@ -68,20 +68,29 @@ def encode_block_rows(classes: int, batch_size: int) -> int:
 
 
 
+def image_log_prob_sums(reader, shape, source_kind: str, block_rows: int = 16384, start: int = 0,
+                        stop: int | None = None):
+    """Per-image sums ``[images, C]`` (float64 torch) of the log-probabilities of rows
+    ``[start, stop)`` of ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]``
+    rows); ranks of a distributed encode add theirs up."""
+    import torch
+    images, augs = int(shape[0]), int(shape[1])
+    stop = reader.n if stop is None else stop
+    acc = torch.zeros((images, reader.classes), dtype=torch.float64)
+    for lo in range(start, stop, block_rows):
+        hi = min(stop, lo + block_rows)
+        x = torch.from_numpy(reader.read(lo, hi)).double()
+        if source_kind == "probs":
+            x = torch.log(torch.clamp(x, min=1e-30))
+        acc.index_add_(0, torch.arange(lo, hi) // augs, torch.log_softmax(x, dim=1))
+    return acc
+
+
 def image_mean_log_probs(reader, shape, source_kind: str, block_rows: int = 16384) -> np.ndarray:
     """Each image's mean log-probabilities ``[images, C]`` (float32) over all its labels, read
     from ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]`` rows) in blocks:
     one extra pass over the input, for codecs that condition on the image (``vq`` image_bias)."""
-    import torch
-    images, augs = int(shape[0]), int(shape[1])
-    acc = torch.zeros((images, reader.classes), dtype=torch.float64)
-    for start in range(0, reader.n, block_rows):
-        stop = min(reader.n, start + block_rows)
-        x = torch.from_numpy(reader.read(start, stop)).double()
-        if source_kind == "probs":
-            x = torch.log(torch.clamp(x, min=1e-30))
-        acc.index_add_(0, torch.arange(start, stop) // augs, torch.log_softmax(x, dim=1))
-    return (acc / augs).float().numpy()
+    return (image_log_prob_sums(reader, shape, source_kind, block_rows) / int(shape[1])).float().numpy()
 
 class Writer:
     """Write a ``.vqsl`` file batch by batch (see the module documentation).
@@ -154,6 +163,8 @@ class Writer:
         self._shard_start = 0
         self._held_rows = 0
         self.count = 0
+        #: global index of this writer's first label (a rank of a distributed encode writes a range)
+        self._row_offset = 0
         self._specs = None
         self._t_fit = 0.0
         self._t_encode = 0.0
@@ -274,7 +285,7 @@ class Writer:
         held = torch.cat(self._held) if len(self._held) > 1 else self._held[0]
         self._held = [held]
         n = min(self.fit_sample, held.shape[0])
-        self._fit(held[:n], np.arange(n, dtype=np.int64))   # held rows are the set's first rows
+        self._fit(held[:n], self._row_offset + np.arange(n, dtype=np.int64))   # held rows come first
         self._flush_held()
 
     def _flush_held(self):
@@ -325,7 +336,8 @@ class Writer:
     def _encode_part(self, block):
         import torch
         t0 = time.perf_counter()
-        self.ctx.rows = np.arange(self.count, self.count + block.shape[0], dtype=np.int64)
+        first = self._row_offset + self.count
+        self.ctx.rows = np.arange(first, first + block.shape[0], dtype=np.int64)
         try:
             streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
         finally:

@@ -325,13 +325,14 @@ x = np.load(sys.argv[2])[:3]
 if dist.get_rank() == 0:
     np.save(sys.argv[1] + "/in.npy", x)
 dist.barrier()
-for codec, opts in [("fp16", {}), ("topk", {"k": 5}), ("vq", %r)]:
-    d.encode(x, f"{sys.argv[1]}/{codec}-dist.vqsl", codec=codec, seed=3, **opts)
+for name, codec, opts in [("fp16", "fp16", {}), ("topk", "topk", {"k": 5}), ("vq", "vq", %r),
+                          ("vq-ib", "vq", dict(%r, image_bias="on"))]:
+    d.encode(x, f"{sys.argv[1]}/{name}-dist.vqsl", codec=codec, seed=3, **opts)
 rc = cli.main(["encode", sys.argv[1] + "/in.npy", "-o", sys.argv[1] + "/cli-dist.vqsl", "--distributed",
                "--codec", "topk", "--k", "3", "--device", "cpu", "-q"])
 dist.destroy_process_group()
 sys.exit(rc)
-""" % (VQ_TINY,)
+""" % (VQ_TINY, VQ_TINY)
 
 
 def _free_port():
@@ -353,16 +354,19 @@ def test_two_rank_gloo_encode_equals_single_process(tmp_path):
     outs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     x = labels()
-    for codec, opts in [("fp16", {}), ("topk", {"k": 5}), ("vq", VQ_TINY), ("cli", None)]:
+    for codec, opts in [("fp16", {}), ("topk", {"k": 5}), ("vq", VQ_TINY), ("vq-ib", dict(VQ_TINY, image_bias="on")),
+                        ("cli", None)]:
         single = str(tmp_path / f"{codec}-one.vqsl")
         if codec == "cli":
             slcodec.encode(x, single, codec="topk", k=3)
         else:
-            slcodec.encode(x, single, codec=codec, seed=3, **opts)
+            slcodec.encode(x, single, codec=codec.split("-")[0], seed=3, **opts)
         man = str(tmp_path / f"{codec}-dist.vqsl")
         with slcodec.open(single) as a, slcodec.open(man) as b:
             assert [e["count"] for e in b.entries] == [96, 96]
             assert torch.equal(a.decode(None, as_="logits"), b.decode(None, as_="logits")), codec
+            if codec == "vq-ib":
+                assert b.codec.get_config()["image_bias"] == "on"
             with Container.open(single) as c, Container.open(man) as m:
                 assert shards.params_sha256(shards.container_params(c)) == m.header["codec"]["params_sha256"]
         assert cli.main(["verify", man]) == 0
