@@ -738,6 +738,15 @@ class VQCodec(Codec):
             other = z.scatter(1, c.view(-1, 1), float("-inf")).max(dim=1, keepdim=True).values
             return rank_w * F.relu(other - zc + TOP1_HINGE).mean()
 
+        def batch_loss(q_flat, bi, xb, cls):
+            """Decode a batch as a reader will (image prior added, top-1 rule applied) and score it."""
+            out = dec.forward(q_flat)
+            if b_all is not None:
+                out = out + b_all[bi]
+            rank = rank_loss(out, cls)
+            loss, parts = kl_loss(train_top1(out, cls, margin, cfg["top1_rule"]), xb)
+            return loss + rank, parts
+
         params = enc.params() + [v for k, v in dec.t.items() if k != "codebooks"]
         opt = torch.optim.Adam(params, lr=cfg["lr"], foreach=True)
 
@@ -775,13 +784,7 @@ class VQCodec(Codec):
                     qv = _lookup(cb, idx)
                 q = z + (qv - z).detach()
                 commit = beta * ((z - qv) ** 2).sum(-1).mean()
-            out = dec.forward(q.reshape(-1, M * d))
-            if b_all is not None:
-                out = out + b_all[bi]
-            rank = rank_loss(out, cb_cls)
-            out = train_top1(out, cb_cls, margin, cfg["top1_rule"])
-            loss, parts = kl_loss(out, xb)
-            loss = loss + rank
+            loss, parts = batch_loss(q.reshape(-1, M * d), bi, xb, cb_cls)
             opt.zero_grad(set_to_none=True)
             (loss + commit).backward()
             opt.step()
@@ -828,13 +831,7 @@ class VQCodec(Codec):
             bi = next(it)
             xb, cb_cls = x[bi], cls_all[bi]
             qv = _lookup(dec.t["codebooks"], idx_all[bi])
-            out = dec.forward(qv.reshape(-1, M * d))
-            if b_all is not None:
-                out = out + b_all[bi]
-            rank = rank_loss(out, cb_cls)
-            out = train_top1(out, cb_cls, margin, cfg["top1_rule"])
-            loss, parts = kl_loss(out, xb)
-            loss = loss + rank
+            loss, parts = batch_loss(qv.reshape(-1, M * d), bi, xb, cb_cls)
             opt2.zero_grad(set_to_none=True)
             loss.backward()
             opt2.step()
