@@ -31,10 +31,11 @@ HASH_BLOCK = 1 << 22
 
 
 # --------------------------------------------------------------------------- hashes and names
-
 def _minor(header: dict) -> int:
+    """The format minor a file with this header needs (the codec decides; see FORMAT.md)."""
     from .codecs.base import header_format_minor
     return header_format_minor(header)
+
 
 def params_sha256(params: dict) -> str:
     """sha256 (hex) of a codec's parameters, as FORMAT.md defines it: the tag

@@ -67,7 +67,6 @@ def encode_block_rows(classes: int, batch_size: int) -> int:
     return max(1, min(batch_size, 1 << int(math.log2(cap))))
 
 
-
 def image_log_prob_sums(reader, shape, source_kind: str, block_rows: int = 16384, start: int = 0,
                         stop: int | None = None):
     """Per-image sums ``[images, C]`` (float64 torch) of the log-probabilities of rows
@@ -91,6 +90,7 @@ def image_mean_log_probs(reader, shape, source_kind: str, block_rows: int = 1638
     from ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]`` rows) in blocks:
     one extra pass over the input, for codecs that condition on the image (``vq`` image_bias)."""
     return (image_log_prob_sums(reader, shape, source_kind, block_rows) / int(shape[1])).float().numpy()
+
 
 class Writer:
     """Write a ``.vqsl`` file batch by batch (see the module documentation).
