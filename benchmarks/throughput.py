@@ -6,7 +6,7 @@
 The real label set is tiled (with a small seeded perturbation, so that no chunk is a copy of
 another) to have enough labels for large batches. For each batch size, the same random
 indices (a shuffled training loop) are decoded to float32 probabilities by
-  * the baseline: FP16 logits in a memory-mapped .npy -> gather -> float32 -> softmax (torch);
+  * the baseline: FP16 logits in a memory-mapped .npy -> gather -> float32 -> softmax in place (torch);
   * slcodec: reader.decode(indices, as_="probs").
 Figures are medians over --repeats runs; "ratio" is slcodec / baseline labels per second.
 Encode: the codec's fit and its assignment pass (codec.encode over all rows) are timed apart.
@@ -82,7 +82,7 @@ def main():
 
         def baseline(idx):
             x = torch.from_numpy(np.ascontiguousarray(raw[np.sort(idx)])).to(args.device).float()
-            return torch.softmax(x, dim=1)
+            return torch.softmax(x, dim=1, out=x)   # in place, as slcodec's reader does
 
         readers = {}
         for codec_id in codecs:

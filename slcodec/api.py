@@ -320,11 +320,12 @@ class Reader:
                 values = self.codec.decode({name: _to_torch(arr, device) for name, arr in raw.items()}, ctx)
             except FormatError as exc:
                 raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
-            conv = _convert(values, self.decoded_kind, as_, t)
-            if out is None:   # one batch: no copy of a result made here (a codec's may alias its streams)
-                out = conv.float() if conv is not values else conv.to(torch.float32, copy=True)
+            owned = self.codec.decode_owns_output
+            if out is None:   # one batch: converted in place only where the codec's result is its own
+                conv = _convert(values, self.decoded_kind, as_, t, owned=owned)
+                out = conv if conv is not values or owned else conv.clone()
             else:
-                out[start:start + rows.size] = conv
+                _convert(values, self.decoded_kind, as_, t, out=out[start:start + rows.size], owned=owned)
         if isinstance(index, (int, np.integer)):
             return out[0]
         return out.reshape(*lead, self.classes)
@@ -434,21 +435,25 @@ def _to_torch(arr: np.ndarray, device: str):
     return torch.from_numpy(np.ascontiguousarray(arr)).to(device, non_blocking=True)
 
 
-def _convert(values, kind: str, as_: str, t: float):
+def _convert(values, kind: str, as_: str, t: float, out=None, owned: bool = False):
+    """Decoded ``values`` (of ``kind``) as ``as_`` at temperature ``t``, float32, written into
+    ``out`` when given.  ``owned``: nothing else refers to ``values``, so it may be overwritten
+    (a softmax in place skips allocating - and page-faulting - a second [n, C] block)."""
     import torch
+    if values.dtype != torch.float32:
+        values, owned = values.float(), True
     if kind == "probs":
         if as_ == "probs" and t == 1.0:
-            return values
-        logits = torch.log(values.clamp_min(torch.finfo(torch.float32).tiny))
-    else:
-        logits = values
-    if as_ == "logits":
-        return logits
+            return values if out is None else out.copy_(values)
+        values, owned = torch.log(values.clamp_min(torch.finfo(torch.float32).tiny)), True
     if t != 1.0:
-        logits = logits / t
-    if as_ == "log_probs":
-        return torch.log_softmax(logits, dim=1)
-    return torch.softmax(logits, dim=1)
+        values, owned = (values.div_(t) if owned else values / t), True
+    if as_ == "logits":
+        return values if out is None else out.copy_(values)
+    fn = torch.log_softmax if as_ == "log_probs" else torch.softmax
+    if out is None and owned:
+        out = values
+    return fn(values, dim=1) if out is None else fn(values, dim=1, out=out)
 
 
 __all__ = ["encode", "open", "Reader", "ShardedReader", "Writer", "SlcodecError"]

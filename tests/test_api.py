@@ -352,6 +352,36 @@ def test_decode_batch_size_does_not_change_results(reader3):
                                reader3.decode(slice(1, 14), as_="log_probs", temperature=3.0), rtol=0, atol=0)
 
 
+def test_decoding_never_changes_what_later_decodes_read(reader3, x3):
+    """Conversions run in place only on a codec's own result: fp32 decodes alias their streams
+    (resident rows), so probs / scaled log_probs must not overwrite them."""
+    flat = x3.reshape(-1, x3.shape[-1])
+    for kw in (dict(as_="probs"), dict(as_="log_probs", temperature=2.0), dict(as_="probs", temperature=4.0)):
+        reader3.decode(None, **kw)
+        reader3.decode([3, 1, 4], **kw)
+        np.testing.assert_array_equal(reader3.decode(None, as_="logits").numpy().reshape(flat.shape), flat)
+
+
+@pytest.mark.parametrize("codec,opts", [("topk", {"k": 4}), ("sparse", {"k": 3}),
+                                        ("vq", {"codes": 1, "codebook_size": 8, "hidden": 16, "steps": 5})])
+def test_owned_decodes_convert_in_place_like_a_fresh_softmax(tmp_path, x3, codec, opts):
+    import slcodec.codecs as codecs
+    assert codecs.get_codec_class(codec).decode_owns_output
+    path = str(tmp_path / "x.vqsl")
+    slcodec.encode(x3, path, codec=codec, **opts)
+    with slcodec.open(path) as r:
+        logits = r.decode(None, as_="logits")   # log-probabilities for topk (a probs codec)
+        for as_, t, ref in (("log_probs", 2.0, torch.log_softmax(logits / 2.0, -1)),
+                            ("probs", 0.5, torch.softmax(logits / 0.5, -1))):
+            for bs in (65536, 4):
+                got = r.decode(None, as_=as_, temperature=t, batch_size=bs)
+                torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        probs = r.decode(None)
+        torch.testing.assert_close(r.decode(None, batch_size=4), probs, rtol=0, atol=0)
+        torch.testing.assert_close(probs, torch.softmax(logits, -1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(r.decode(None, as_="logits"), logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("codec,opts", [("fp32", {}), ("topk", {"k": 4})])
 def test_encode_batch_size_does_not_change_results(tmp_path, codec, opts):
     x = make_logits((3, 5, 20), seed=11)

@@ -298,3 +298,56 @@ def test_cpu_lift_path_equals_the_torch_one(margin):
     apply_top1(a, v, margin, "lift", return_classes=False)
     _apply_top1_lift_cpu(b, v, margin)
     assert torch.equal(a, b)
+
+
+def _fitted_tiny(**opts):
+    x = _fixture()
+    ctx = Context(classes=x.shape[1], seed=3)
+    codec = VQCodec(**dict(TINY, **opts))
+    codec.fit(x, ctx)
+    return codec, x, ctx
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.0])
+def test_table_decode_equals_the_network(margin):
+    """K ** M = 256 code combinations: decoding gathers rows of a logits table built once; it
+    must give the network's logits (same float32 values up to GEMM summation order) and the
+    teacher's class first on every label."""
+    from slcodec.codecs.vq import _FastDecoder
+    codec, x, ctx = _fitted_tiny(margin=margin)
+    streams = codec.encode(x, ctx)
+    assert codec._fast_for(torch.device("cpu")).table is not None
+    got = codec.decode(_tensors(streams), ctx)
+    codec._fast["cpu"] = _FastDecoder(codec._dec, torch.device("cpu"), table_max_bytes=0)
+    assert codec._fast["cpu"].table is None
+    want = codec.decode(_tensors(streams), ctx)
+    assert torch.equal(got.argmax(1), x.argmax(1)) and torch.equal(want.argmax(1), x.argmax(1))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.0])
+def test_table_lookup_lift_equals_the_searching_one(margin):
+    """The table's precomputed ranks resolve every kind of symbol (0, 1, deeper ranks, escapes)
+    to the same class, and lift it to the same value, as the search over each row."""
+    from slcodec.codecs.vq import _apply_top1_lift_cpu
+    codec, x, ctx = _fitted_tiny()
+    fast = codec._fast_for(torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, codec.K, (3000, codec.M), generator=g)
+    z = fast(idx)
+    rank = torch.randint(0, 24, (idx.shape[0],), generator=g)
+    c = torch.argsort(z, dim=1, descending=True, stable=True).gather(1, rank.view(-1, 1)).view(-1)
+    v = top1_symbols(z, c)
+    assert all(bool(m.any()) for m in (v == 0, v == 1, (v > 1) & (v < TOP1_RANKS), v >= TOP1_RANKS))
+    a, b = z.clone(), z.clone()
+    _apply_top1_lift_cpu(a, v, margin)
+    fast.lift_top1(b, idx, v, margin)
+    assert torch.equal(a, b)
+
+
+def test_table_only_when_small():
+    from slcodec.codecs.vq import _FastDecoder
+    codec, _, _ = _fitted_tiny()
+    C = codec._classes
+    assert _FastDecoder(codec._dec, torch.device("cpu"), table_max_bytes=16 * 16 * C * 4).table is not None
+    assert _FastDecoder(codec._dec, torch.device("cpu"), table_max_bytes=16 * 16 * C * 4 - 1).table is None

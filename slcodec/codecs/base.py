@@ -65,6 +65,9 @@ class Codec(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     #: True when decode(encode(x)) == x exactly for inputs representable in the stored dtype
     lossless: ClassVar[bool] = False
+    #: True when decode returns a new tensor nothing else refers to (not a view of its streams),
+    #: so readers may convert it in place
+    decode_owns_output: ClassVar[bool] = False
 
     def __init__(self, **config):
         known = {o.name: o for o in self.options}

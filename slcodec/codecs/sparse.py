@@ -69,6 +69,7 @@ class SparseCodec(Codec):
     """Top-k classes with one-byte log-probabilities and a fitted tail prior (module docstring)."""
 
     codec_id = "sparse"
+    decode_owns_output = True
     options = (
         Option("k", int, 8, "classes stored per label (the most probable, in decreasing order)"),
         Option("step", float, 1 / 16, "quantization step of the stored log-probabilities (nats)"),

@@ -17,6 +17,7 @@ from .base import Codec, Option, register
 @register
 class TopK(Codec):
     codec_id = "topk"
+    decode_owns_output = True
     options = (Option("k", int, 5, "topk: number of classes kept per label (FKD uses 5)"),)
 
     def validate_config(self):

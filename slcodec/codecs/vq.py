@@ -30,6 +30,13 @@ logit + ``margin``.  Measured on the 12,000 ImageNet labels, swap was slightly w
 where it is (symbol 0), c already leads every other logit by at least ``2e-4 * (1 + |z_c|)``.
 Training applies the same rule with the true classes, so the network learns what decoding does.
 
+Decoding speed: when every combination of codes fits in a logits table of at most
+``DECODE_TABLE_MAX_BYTES`` (K ** M * C * 4 bytes; e.g. the one-codebook configs that suit small
+files: bits=8 at C=1000 is 64 rows, 256 KB), the decoder runs once per combination when a
+reader first decodes, and each label is then a row gather plus - on the rows whose ``top1``
+symbol is not 0 - a lookup of that row's precomputed ranking (no search).  Larger code spaces
+run the network per batch (a [batch, hidden] x [hidden, C] GEMM).
+
 Image prior (``image_bias``, format 1.2)
 ---------------------------------------
 Views of one image share most of their label (Fashion-MNIST IPC 10: 93% of the logit variance
@@ -102,6 +109,7 @@ TOP1_RANKS = 16            # top1 stream: values < 16 are ranks in the decoded l
 TOP1_EPS = 2e-4            # a rank is used only when no other decoded logit is within eps*(1+|z_c|)
 TOP1_HINGE = 0.05          # rank_weight: margin (nats) the hinge asks of the true class
 IMAGE_BIAS_MAX_BITS = 1.0  # image_bias="auto": on when the [images, C] table costs <= this per label
+DECODE_TABLE_MAX_BYTES = 64 << 20  # decode by a logits table of all K**M code combinations up to this size
 
 
 def _opt_int(s):
@@ -421,9 +429,12 @@ class _Decoder:
 
 
 class _FastDecoder:
-    """Inference-only decoder with the first layer fused into per-code tables (float32, one device)."""
+    """Inference-only decoder (float32, one device): the first layer fused into per-code tables,
+    and - when every combination of codes fits in ``table_max_bytes`` of logits (K ** M rows,
+    e.g. the one-codebook configs of small files) - the whole decoder evaluated once into a
+    logits table, so decoding a label is a row gather instead of a GEMM."""
 
-    def __init__(self, dec: _Decoder, device):
+    def __init__(self, dec: _Decoder, device, table_max_bytes: int = DECODE_TABLE_MAX_BYTES):
         t = {k: v.detach().to(device=device, dtype=torch.float32) for k, v in dec.t.items()}
         M, K, d = t["codebooks"].shape
         w_in = t["w_in"].view(M, d, -1)
@@ -433,9 +444,31 @@ class _FastDecoder:
         self.offs = torch.arange(M, device=device) * K
         self.hidden = [(t[f"w_h{i}"], t[f"b_h{i}"]) for i in range(dec.layers())]
         self.w_out, self.b_out = t["w_out"].contiguous(), t["b_out"]
+        self.table = self.ranked_np = self.top_np = None
+        C = self.w_out.shape[1]
+        if K ** M * C * 4 <= table_max_bytes:
+            self.table = self._all_combinations(device)
+            if self.table.device.type == "cpu":
+                # each row's first TOP1_RANKS classes in decreasing order and its maximum, so a
+                # top1 symbol is resolved by a lookup (ranks are robust: exactly v logits lie
+                # above the class by more than TOP1_EPS, so ties among them do not matter)
+                top = torch.topk(self.table, min(TOP1_RANKS, C), dim=1)
+                self.ranked_np, self.top_np = top.indices.numpy(), top.values[:, 0].numpy().copy()
+
+    def _all_combinations(self, device):
+        """Logits of every code combination, row ``sum_m idx_m * K ** (M - 1 - m)``."""
+        M, K = self.M, self.K
+        self.strides = K ** torch.arange(M - 1, -1, -1, device=device)
+        combos = torch.arange(K ** M, device=device)
+        idx = (combos.view(-1, 1) // self.strides) % K
+        table = torch.empty((K ** M, self.w_out.shape[1]), dtype=torch.float32, device=device)
+        step = max(1, (1 << 22) // self.w_out.shape[1])
+        for i in range(0, idx.shape[0], step):
+            self._mlp(idx[i:i + step], out=table[i:i + step])
+        return table
 
     @torch.no_grad()
-    def __call__(self, idx, out=None):
+    def _mlp(self, idx, out=None):
         flat = idx.long() + self.offs
         h = F.embedding_bag(flat, self.code_tab, mode="sum") + self.b_in
         h = _gelu(h)
@@ -443,12 +476,40 @@ class _FastDecoder:
             h = h + _gelu(torch.addmm(b, h, w))
         return torch.addmm(self.b_out, h, self.w_out, out=out)
 
+    def table_rows(self, idx):
+        """The logits-table row of each label's codes ``idx [n, M]``."""
+        return idx.long().view(-1) if self.M == 1 else (idx.long() * self.strides).sum(dim=1)
+
+    @torch.no_grad()
+    def __call__(self, idx, out=None):
+        if self.table is None:
+            return self._mlp(idx, out=out)
+        return torch.index_select(self.table, 0, self.table_rows(idx), out=out)
+
+    def lift_top1(self, z, idx, v, margin: float) -> None:
+        """:func:`apply_top1` with rule ``lift`` for CPU logits ``z`` read from the table (no
+        image prior added), in place: the class and maximum of each row to fix are looked up."""
+        zn, vn = z.numpy(), v.numpy()
+        fix = np.flatnonzero(vn)
+        if not fix.size:
+            return
+        vf = vn[fix]
+        rows = self.table_rows(idx).numpy()[fix]
+        ranked = vf < TOP1_RANKS
+        c = np.where(ranked, self.ranked_np[rows, np.where(ranked, vf, 0)], vf - TOP1_RANKS)
+        mx = self.top_np[rows]
+        new = mx + np.float32(margin)
+        new = np.where(new > mx, new, np.nextafter(mx, np.float32(np.inf)))
+        cur = zn[fix, c]
+        zn[fix, c] = np.maximum(new, cur) if margin > 0 else new
+
 
 @register
 class VQCodec(Codec):
     """Learned product-VQ autoencoder with an argmax stream; see the module docstring."""
 
     codec_id = "vq"
+    decode_owns_output = True
     options = (
         Option("bits", float, 48.0, "nominal marginal bits per label: M*log2(K) + 2 (argmax budget)"),
         Option("codes", _opt_int, None, "number of codes M per label (overrides --bits)"),
@@ -1039,7 +1100,10 @@ class VQCodec(Codec):
             b = self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
             if b is not None:
                 z += b
-            if dev.type == "cpu" and self.config["top1_rule"] == "lift" and z.is_contiguous():
+            lift_cpu = dev.type == "cpu" and self.config["top1_rule"] == "lift" and z.is_contiguous()
+            if lift_cpu and b is None and fast.ranked_np is not None:
+                fast.lift_top1(z, idx[i:i + br], v[i:i + br], margin)
+            elif lift_cpu:
                 _apply_top1_lift_cpu(z, v[i:i + br], margin)
             else:
                 apply_top1(z, v[i:i + br], margin, self.config["top1_rule"], return_classes=False)
