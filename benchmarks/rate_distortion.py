@@ -87,7 +87,9 @@ VQ_FULL = {
     + [(f"vq-h32 no-prior b{b}", {"bits": b, **SMALL_C, "image_bias": "off", "steps": 3000}) for b in (6, 10)],
     "lm3": [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "temperature": [1.0, 2.0],
                               "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)]
-    + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)],
+    + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)]
+    # no prior (C/2 bytes): the choice for files of a few thousand labels
+    + [(f"sparse-uniform k{k}", {"codec": "sparse", "k": k, "tail": "uniform"}) for k in (1, 2, 3)],
 }
 # the sparse codec on ImageNet too (its top-1 point against FKD top-1)
 VQ_FULL["imagenet"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 5)]
