@@ -38,6 +38,9 @@ def cases():
         "v1.1-topk5-sharded": (logits16, "topk", {"k": 5}, "probs", 1e-6, "1.1", {"shard_rows": 3}),
         # format 1.2: the sparse codec (top-k with one-byte log-probabilities and a 4-bit tail prior)
         "v1.2-sparse-k5-logits": (logits16, "sparse", {"k": 5}, "probs", 1e-6, "1.2"),
+        # format 1.3: sparse with a prior over 32 listed classes (ids + 33 levels; the rest share one)
+        "v1.3-sparse-k2-prior-classes-logits": (logits16, "sparse", {"k": 2, "prior_classes": 32}, "probs", 1e-6,
+                                                "1.3"),
         # format 1.2: vq with image_bias (a per-image [images, C] prior added to the decoder's logits)
         "v1.2-vq-image-bias-logits": (np.load(FIXTURE)[:4, :16], "vq",
                                       {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,

@@ -48,3 +48,30 @@ def rebuild(data: bytes, header=None, header_bytes=None, body=None, fix_crc=True
 
 def section(header, name):
     return next(s for s in header["sections"] if s["name"] == name)
+
+
+def rewrite_file(src, out, params=None, config=None, shape=None, minor=2):
+    """``src`` rewritten to ``out`` with valid checksums and edited codec params (name -> array,
+    or None to drop it), codec config keys and label shape: hostile files that only a codec's
+    own checks can reject."""
+    import os
+
+    from slcodec.container import Container, ContainerWriter
+    from slcodec.shards import _copy_section
+    with Container.open(src) as c:
+        header = {k: v for k, v in c.header.items() if k != "sections"}
+        header["codec"] = dict(header["codec"], config=dict(header["codec"]["config"], **(config or {})))
+        if shape is not None:
+            header["labels"] = dict(header["labels"], shape=shape)
+        builders = []
+        with ContainerWriter(out) as cw:
+            for sec in c.header["sections"]:
+                name = sec["name"]
+                if name.startswith("params/") and params and name[7:] in params:
+                    if params[name[7:]] is not None:
+                        cw.add_array(name, params[name[7:]])
+                    continue
+                _copy_section(cw, c, sec, os.path.dirname(out), builders)
+            cw.commit(header, minor=minor)
+        for b in builders:
+            b.close()

@@ -9,6 +9,8 @@ from slcodec.codecs.sparse import SparseCodec
 from slcodec.container import Container
 from slcodec.errors import ConfigError, FormatError
 
+from craft import rewrite_file
+
 FIXTURE = slcodec.__path__[0] + "/data/lite0_8x64_fp16.npy"
 
 
@@ -152,3 +154,95 @@ def test_review_cases(tmp_path):
             SparseCodec(**bad)
     with pytest.raises(ConfigError, match="too fine"):
         slcodec.encode(_labels()[:8], tmp_path / "f.vqsl", codec="sparse", step=1 / 64)
+
+
+def test_prior_over_listed_classes(tmp_path):
+    """prior_classes P: P ids + (P + 1) 4-bit levels instead of C/2 bytes; a format-1.3 file;
+    the tail is still far better than an even spread, and files without it stay 1.2."""
+    x = _labels()
+    kls = {}
+    for name, opts in (("full", {}), ("listed", {"prior_classes": 64}), ("uniform", {"tail": "uniform"})):
+        path = tmp_path / f"{name}.vqsl"
+        slcodec.encode(x, path, codec="sparse", k=1, **opts)
+        with slcodec.open(path) as r:
+            q = r.decode(None, as_="log_probs")
+            cfg = r.header["codec"]["config"]
+            params = r.codec.get_params()
+            minor = r.container.preamble.minor
+        assert torch.equal(q.argmax(1), torch.from_numpy(x).argmax(1))
+        kls[name] = _kl(x, q)
+        if name == "listed":
+            assert cfg["prior_classes"] == 64 and minor == 3
+            ids = params["prior_ids"]
+            assert ids.dtype == np.uint16 and ids.shape == (64,) and bool((np.diff(ids.astype(int)) > 0).all())
+            assert params["prior"].shape == (33,) and params["prior"][-1] >> 4 == 0   # 65 levels
+            # the listed classes are those with the most mass outside each label's top 1
+            lp = torch.log_softmax(torch.from_numpy(x), 1).double()
+            p = lp.exp().scatter(1, lp.argmax(1, keepdim=True), 0.0).sum(0)
+            assert set(ids.tolist()) == set(torch.topk(p, 64).indices.tolist())
+        else:
+            assert "prior_classes" not in cfg and minor == 2
+    assert kls["listed"] < 0.8 * kls["uniform"]
+    assert kls["full"] <= kls["listed"] * 1.05
+
+
+def test_prior_classes_params_are_checked():
+    ctx = Context(classes=20)
+    codec = SparseCodec(k=2, prior_classes=4)
+    good = {"prior_ids": np.array([1, 5, 9, 19], np.uint16), "prior": np.array([0x10, 0x32, 0x04], np.uint8)}
+    codec.set_params(dict(good), ctx)
+    lw = codec._log_w.numpy()
+    np.testing.assert_array_equal(lw[[1, 5, 9, 19]], -np.array([0, 1, 2, 3], np.float32))
+    assert (lw[[0, 2, 3, 4, 18]] == -4).all()                   # the shared level of the rest
+    bad = [dict(good, prior_ids=np.array([1, 5, 5, 19], np.uint16)),       # repeated
+           dict(good, prior_ids=np.array([5, 1, 9, 19], np.uint16)),       # not increasing
+           dict(good, prior_ids=np.array([1, 5, 9, 20], np.uint16)),       # not a class
+           dict(good, prior_ids=np.array([1, 5, 9, 19], np.uint32)),       # wrong dtype
+           dict(good, prior_ids=np.array([1, 5, 9], np.uint16)),           # wrong count
+           dict(good, prior=np.array([0x10, 0x32, 0x14], np.uint8)),       # unused nibble set
+           dict(good, prior=np.array([0x10, 0x32], np.uint8)),             # too short
+           {"prior": good["prior"]}]                                       # ids missing
+    for params in bad:
+        with pytest.raises(FormatError):
+            SparseCodec(k=2, prior_classes=4).set_params(params, ctx)
+    with pytest.raises(FormatError):     # a file without the option has no prior_ids
+        SparseCodec(k=2).set_params(dict(good), ctx)
+    for opts in ({"prior_classes": 0}, {"prior_classes": True}, {"prior_classes": 2.5},
+                 {"prior_classes": 3, "tail": "uniform"}):
+        with pytest.raises(ConfigError):
+            SparseCodec(**opts)
+    with pytest.raises(ConfigError, match="smaller"):
+        SparseCodec(k=2, prior_classes=20).fit(torch.zeros(4, 20), ctx)
+    with pytest.raises(ConfigError):
+        SparseCodec.from_config({"k": 2, "prior_classes": None})
+
+
+GOLDEN_V13 = slcodec.__path__[0] + "/../spec/golden/v1.3-sparse-k2-prior-classes-logits.vqsl"
+
+
+@pytest.mark.parametrize("case, rule", [
+    ("ids_reversed", "codec-params"), ("no_ids", "codec-params"), ("fewer_listed", "codec-params"),
+    ("stored_null", "codec"), ("uniform_with_ids", "codec")])
+def test_hostile_v13_files_are_rejected(case, rule, tmp_path):
+    from slcodec.cli import main as cli_main
+    with Container.open(GOLDEN_V13) as c:
+        ids = c.read_array("params/prior_ids")
+    out = str(tmp_path / f"{case}.vqsl")
+    kw = {"ids_reversed": {"params": {"prior_ids": ids[::-1].copy()}},
+          "no_ids": {"params": {"prior_ids": None}},
+          "fewer_listed": {"config": {"prior_classes": 31}},
+          "stored_null": {"config": {"prior_classes": None}},
+          "uniform_with_ids": {"config": {"tail": "uniform"}}}[case]
+    rewrite_file(GOLDEN_V13, out, minor=3, **kw)
+    with pytest.raises(FormatError) as ei:
+        with slcodec.open(out) as r:
+            r.decode(None)
+    assert ei.value.rule == rule
+    assert cli_main(["verify", out]) == 1
+
+
+def test_v13_rewrite_without_edits_decodes_like_the_golden_file(tmp_path):
+    out = str(tmp_path / "same.vqsl")
+    rewrite_file(GOLDEN_V13, out, minor=3)
+    with slcodec.open(out) as a, slcodec.open(GOLDEN_V13) as b:
+        assert torch.equal(a.decode(None), b.decode(None))

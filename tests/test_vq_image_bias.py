@@ -12,6 +12,8 @@ from slcodec.container import Container
 from slcodec.errors import ConfigError, FormatError
 from slcodec.writer import RowReader, image_mean_log_probs
 
+from craft import rewrite_file
+
 TINY = {"codes": 1, "codebook_size": 8, "code_dim": 4, "hidden": 16, "decoder_layers": 0, "steps": 80,
         "train_batch": 128}
 I, A, C = 12, 160, 8          # 16 * C / A = 0.8 bits per label: image_bias "auto" turns on
@@ -158,25 +160,7 @@ GOLDEN_V12 = os.path.join(os.path.dirname(__file__), "..", "spec", "golden", "v1
 
 def _rewrite(out, params=None, config=None, shape=None):
     """The v1.2 golden file rewritten with valid checksums and edited params / config / shape."""
-    from slcodec.container import ContainerWriter
-    from slcodec.shards import _copy_section
-    with Container.open(GOLDEN_V12) as c:
-        header = {k: v for k, v in c.header.items() if k != "sections"}
-        header["codec"] = dict(header["codec"], config=dict(header["codec"]["config"], **(config or {})))
-        if shape is not None:
-            header["labels"] = dict(header["labels"], shape=shape)
-        builders = []
-        with ContainerWriter(out) as cw:
-            for sec in c.header["sections"]:
-                name = sec["name"]
-                if name.startswith("params/") and params and name[7:] in params:
-                    if params[name[7:]] is not None:
-                        cw.add_array(name, params[name[7:]])
-                    continue
-                _copy_section(cw, c, sec, os.path.dirname(out), builders)
-            cw.commit(header, minor=2)
-        for b in builders:
-            b.close()
+    rewrite_file(GOLDEN_V12, out, params=params, config=config, shape=shape, minor=2)
 
 
 @pytest.mark.parametrize("case, rule", [

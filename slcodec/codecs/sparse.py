@@ -25,6 +25,12 @@ Parameters
     labels (k = 1): 4 bits at 1 nat give KL 0.955 against 0.928 for the exact prior and 3.08
     for FKD's even spread, at half the bytes of 8 bits.
 
+    With ``prior_classes`` P (format 1.3; for small files, where C / 2 bytes are many bits per
+    label): ``prior_ids`` ``[P]`` (the ``ids`` dtype, strictly increasing) lists the P classes
+    with the most tail mass, and ``prior`` ``[ceil((P + 1) / 2)]`` holds P + 1 levels packed as
+    above: those classes' in id order, then one level shared by every class not listed (the
+    level of their mean mass).
+
 Decoding (logits: log-values, normalised by the reader's softmax)
     ``l_0 = -gaps[0] * step``, ``l_j = l_0 - gaps[j] * step``; the tail mass
     ``R = max(1 - sum_j exp(l_j), 1e-6)``; every other class c gets
@@ -77,6 +83,8 @@ class SparseCodec(Codec):
                "(in proportion to a prior fitted on the set, C bytes) or 'uniform' (evenly, as FKD)",
                choices=("prior", "uniform")),
         Option("prior_step", float, 1.0, "quantization step of the stored 4-bit prior (nats; 16 levels)"),
+        Option("prior_classes", int, None, "list only the P classes with the most tail mass in the prior "
+               "(P ids + P/2 bytes; the rest share one level) instead of all C (C/2 bytes): for small files"),
         Option("fit_sample", int, 100_000, "labels the prior is fitted on (evenly spaced)"),
     )
 
@@ -91,10 +99,16 @@ class SparseCodec(Codec):
             c[name] = float(v)
         if c["tail"] not in ("prior", "uniform"):
             raise ConfigError("sparse: tail must be prior or uniform")
+        v = c["prior_classes"]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"sparse: prior_classes must be a positive integer, got {v!r}")
+        if v is not None and c["tail"] != "prior":
+            raise ConfigError("sparse: prior_classes needs tail='prior'")
         v = c["fit_sample"]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"sparse: fit_sample must be a positive integer, got {v!r}")
-        self._prior = None        # uint8 [C] as stored
+        self._prior = None        # uint8 levels as stored (packed)
+        self._prior_ids = None    # the listed classes (prior_classes set), as stored
         self._log_w = None        # float32 torch [C]: log of the (unnormalised) prior
         self._classes = None
 
@@ -102,6 +116,9 @@ class SparseCodec(Codec):
         k = self.config["k"]
         if k >= classes:
             raise ConfigError(f"sparse: k={k} must be smaller than the number of classes ({classes})")
+        p = self.config["prior_classes"]
+        if p is not None and p >= classes:
+            raise ConfigError(f"sparse: prior_classes={p} must be smaller than the number of classes ({classes})")
         if 255 * self.config["step"] < math.log(classes):
             # the top class's -log p (up to log C) must fit in 255 steps
             raise ConfigError(f"sparse: step {self.config['step']:g} is too fine for {classes} classes "
@@ -116,7 +133,20 @@ class SparseCodec(Codec):
         return "logits"
 
     def format_minor(self):
-        return 2          # the codec was added in format 1.2
+        # the codec was added in format 1.2; a prior over listed classes in 1.3
+        return 2 if self.config["prior_classes"] is None else 3
+
+    def get_config(self):
+        cfg = dict(self.config)
+        if cfg["prior_classes"] is None:    # files without the feature keep their format-1.2 config
+            del cfg["prior_classes"]
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        if "prior_classes" in config and config["prior_classes"] is None:
+            raise ConfigError("sparse: a stored prior_classes must be an integer")
+        return cls(**config)
 
     # ------------------------------------------------------------------ fit / params
     def fit(self, labels, ctx: Context):
@@ -134,45 +164,77 @@ class SparseCodec(Codec):
             p = lp.exp().double()
             p.scatter_(1, _top_ids(lp, k), 0.0)          # only the mass each label leaves to its tail
             w += p.sum(0).cpu()
+        P = self.config["prior_classes"]
+        listed = None
+        if P is not None:   # the P classes with the most tail mass (ties: lower id), in id order
+            order = np.argsort(-w.numpy(), kind="stable")
+            listed = np.sort(order[:P])
+            rest = np.ones(C, dtype=bool)
+            rest[listed] = False
+            w = torch.cat([w[torch.from_numpy(listed)], w[torch.from_numpy(rest)].mean().view(1)])
         logw = torch.log(w.clamp_min(1e-300))
         u = torch.round((logw.max() - logw) / self.config["prior_step"]).clamp(0, 15).to(torch.uint8).numpy()
-        if C % 2:
+        if u.size % 2:
             u = np.append(u, np.uint8(0))
-        self._set_prior((u[0::2] | (u[1::2] << 4)).astype(np.uint8), C)
-        self.fit_info = {"prior_bytes": int(self._prior.size), "fit_rows": int(labels.shape[0])}
+        ids = None if listed is None else listed.astype(_ids_dtype(C))
+        self._set_prior((u[0::2] | (u[1::2] << 4)).astype(np.uint8), C, ids)
+        self.fit_info = {"prior_bytes": int(self._prior.size + (0 if ids is None else ids.nbytes)),
+                         "fit_rows": int(labels.shape[0])}
 
-    def _set_prior(self, packed, classes):
-        self._prior = packed
+    def _set_prior(self, packed, classes, ids=None):
+        self._prior, self._prior_ids = packed, ids
         if packed is None:
             self._log_w = None
             return
         u = np.empty(2 * packed.size, dtype=np.uint8)
         u[0::2], u[1::2] = packed & 15, packed >> 4
+        if ids is not None:     # listed classes' levels, then the level of every other class
+            full = np.full(classes, u[ids.size], dtype=np.uint8)
+            full[ids.astype(np.int64)] = u[:ids.size]
+            u = full
         self._log_w = -torch.from_numpy(u[:classes].astype(np.float32)) * self.config["prior_step"]
 
     def get_params(self):
-        return {} if self._prior is None else {"prior": self._prior.copy()}
+        if self._prior is None:
+            return {}
+        out = {"prior": self._prior.copy()}
+        if self._prior_ids is not None:
+            out["prior_ids"] = self._prior_ids.copy()
+        return out
 
     def set_params(self, params, ctx: Context):
-        want = {"prior"} if self.config["tail"] == "prior" else set()
+        P = self.config["prior_classes"]
+        want = set() if self.config["tail"] != "prior" else {"prior"} if P is None else {"prior", "prior_ids"}
         if set(params) != want:
             raise FormatError(f"sparse: parameters {sorted(params)} do not match the config "
                               f"(expected {sorted(want)})", rule="codec-params")
         C = ctx.classes
-        if want:
-            a = params["prior"]
-            size = (C + 1) // 2
-            if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != (size,):
-                got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
-                raise FormatError(f"sparse: parameter 'prior' is {got}, expected uint8 ({size},)",
-                                  rule="codec-params")
-            if C % 2 and a[-1] >> 4:
-                raise FormatError("sparse: the unused high nibble of 'prior' is not zero", rule="codec-params")
-            self._set_prior(np.ascontiguousarray(a), C)
         try:
             self._k(C)
         except ConfigError as exc:
             raise FormatError(str(exc), rule="codec") from None
+        if want:
+            ids = None
+            if P is not None:
+                ids = params["prior_ids"]
+                idt = _ids_dtype(C)
+                if not isinstance(ids, np.ndarray) or ids.dtype != idt or ids.shape != (P,):
+                    got = (getattr(ids, "dtype", type(ids).__name__), getattr(ids, "shape", None))
+                    raise FormatError(f"sparse: parameter 'prior_ids' is {got}, expected {idt} ({P},)",
+                                      rule="codec-params")
+                if int(ids.max()) >= C or (P > 1 and not bool((np.diff(ids.astype(np.int64)) > 0).all())):
+                    raise FormatError("sparse: 'prior_ids' must be increasing class ids below C", rule="codec-params")
+                ids = np.ascontiguousarray(ids)
+            levels = C if P is None else P + 1
+            a = params["prior"]
+            size = (levels + 1) // 2
+            if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != (size,):
+                got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
+                raise FormatError(f"sparse: parameter 'prior' is {got}, expected uint8 ({size},)",
+                                  rule="codec-params")
+            if levels % 2 and a[-1] >> 4:
+                raise FormatError("sparse: the unused high nibble of 'prior' is not zero", rule="codec-params")
+            self._set_prior(np.ascontiguousarray(a), C, ids)
         self._classes = C
 
     # ------------------------------------------------------------------ streams
