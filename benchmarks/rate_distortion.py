@@ -89,7 +89,9 @@ VQ_FULL = {
                               "fit_sample": 8000, "train_batch": 256, "steps": 300}) for b in (16, 32, 64, 128)]
     + [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 3, 5, 10, 20)]
     # no prior (C/2 bytes): the choice for files of a few thousand labels
-    + [(f"sparse-uniform k{k}", {"codec": "sparse", "k": k, "tail": "uniform"}) for k in (1, 2, 3)],
+    + [(f"sparse-uniform k{k}", {"codec": "sparse", "k": k, "tail": "uniform"}) for k in (1, 2, 3)]
+    # a prior over the P classes with the most tail mass (format 1.3): 2P + P/2 bytes instead of C/2
+    + [(f"sparse k{k} prior{P}", {"codec": "sparse", "k": k, "prior_classes": P}) for k, P in ((1, 64), (1, 256), (2, 256))],
 }
 # the sparse codec on ImageNet too (its top-1 point against FKD top-1)
 VQ_FULL["imagenet"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 2, 5)]
