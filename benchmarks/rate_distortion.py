@@ -102,7 +102,8 @@ VQ_QUICK = {
     "lm3": [(f"vq-h64 b{b}", {"bits": b, "hidden": 64, "decoder_layers": 0, "temperature": [1.0, 2.0],
                               "fit_sample": 2000, "train_batch": 256, "steps": 60}) for b in (32, 128)],
 }
-VQ_QUICK["lm3"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 5)]
+VQ_QUICK["lm3"] += [(f"sparse k{k}", {"codec": "sparse", "k": k}) for k in (1, 5)] + [
+    ("sparse k1 prior64", {"codec": "sparse", "k": 1, "prior_classes": 64})]
 VQ_QUICK["imagenet"] += [("sparse k1", {"codec": "sparse", "k": 1})]
 # the FKD grid k = 1, 5, 10, 20, 50: baselines.settings has 5 and 50
 EXTRA_TOPK = [("fkd_topk", {"k": k, "zstd_level": 19}) for k in (1, 10, 20)]

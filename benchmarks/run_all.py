@@ -11,7 +11,7 @@ reported and the others still run; the exit code is 1 if any failed.
 
 Steps (quick | full):
   rate_distortion  ``--quick`` (10 baseline settings, 2 vq rates, few steps) | all settings, >= 4 vq rates
-  throughput       ``--tile 2 --repeats 3 --vq-opt steps=200`` | tile 11, 5 repeats; both: vq, vq-h64, topk, fp16
+  throughput       ``--tile 2 --repeats 3 --vq-opt steps=200`` | tile 11, 5 repeats; both: vq, vq-h64, vq-h32, topk, fp16
   downstream       ``--quick`` | ``--ipc 10 50 --seeds 3 --codec vq --bits 4 6`` with the small-C vq config
                    (hidden 32, no residual layer; the image prior turns on by itself at C = 10)
 """
@@ -34,13 +34,13 @@ def steps(quick: bool) -> dict[str, list[str]]:
         return {
             "rate_distortion": ["rate_distortion.py", "--quick"],
             "throughput": ["throughput.py", "--tile", "2", "--repeats", "3", "--vq-opt", "steps=200",
-                           "--codecs", "vq", "vq-h64", "topk", "fp16",
+                           "--codecs", "vq", "vq-h64", "vq-h32", "topk", "fp16",
                            "--json", str(RESULTS / "throughput_quick.json")],
             "downstream": ["downstream.py", "--quick"],
         }
     return {
         "rate_distortion": ["rate_distortion.py"],
-        "throughput": ["throughput.py", "--codecs", "vq", "vq-h64", "topk", "fp16",
+        "throughput": ["throughput.py", "--codecs", "vq", "vq-h64", "vq-h32", "topk", "fp16",
                        "--json", str(RESULTS / "throughput.json")],
         "downstream": ["downstream.py", "--ipc", "10", "50", "--seeds", "3", "--codec", "vq", "--bits", "4", "6",
                        *SMALL_C],

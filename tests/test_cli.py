@@ -242,7 +242,7 @@ def test_decode_probs_temperature_and_reload(cli, tmp_path, x32_npy):
     back = load_labels(str(out))  # the dataset is named 'probs'
     assert back.kind == "probs"
     assert back.shape == (3, 5, 20)
-    torch.testing.assert_close(torch.from_numpy(np.asarray(back.array)),
+    torch.testing.assert_close(torch.from_numpy(np.array(back.array)),
                                torch.softmax(torch.from_numpy(x) / 2, dim=-1), rtol=1e-6, atol=1e-7)
     out = tmp_path / "lp.pt"
     assert cli("decode", vq, "-o", out, "--as", "log_probs", "-q")[0] == 0

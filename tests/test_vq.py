@@ -325,29 +325,45 @@ def test_table_decode_equals_the_network(margin):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("margin", [0.01, 0.0])
-def test_table_lookup_lift_equals_the_searching_one(margin):
+@pytest.mark.parametrize("margin,classes", [(0.01, None), (0.0, None), (0.01, 10)])
+def test_table_lookup_lift_equals_the_searching_one(margin, classes):
     """The table's precomputed ranks resolve every kind of symbol (0, 1, deeper ranks, escapes)
-    to the same class, and lift it to the same value, as the search over each row."""
+    to the same class, and lift it to the same value, as the search over each row (real labels,
+    C = 1000, and C = 10 < TOP1_RANKS, where a row's ranking has C entries)."""
     from slcodec.codecs.vq import _apply_top1_lift_cpu
-    codec, x, ctx = _fitted_tiny()
+    if classes is None:
+        codec, x, ctx = _fitted_tiny()
+    else:
+        x = _synthetic(n=400, C=classes)
+        ctx = Context(classes=classes, seed=3)
+        codec = VQCodec(**TINY)
+        codec.fit(x, ctx)
     fast = codec._fast_for(torch.device("cpu"))
+    assert fast.ranked_np.shape == (codec.K ** codec.M, min(TOP1_RANKS, codec._classes))
     g = torch.Generator().manual_seed(5)
     idx = torch.randint(0, codec.K, (3000, codec.M), generator=g)
     z = fast(idx)
-    rank = torch.randint(0, 24, (idx.shape[0],), generator=g)
+    rank = torch.randint(0, min(24, codec._classes), (idx.shape[0],), generator=g)
     c = torch.argsort(z, dim=1, descending=True, stable=True).gather(1, rank.view(-1, 1)).view(-1)
     v = top1_symbols(z, c)
-    assert all(bool(m.any()) for m in (v == 0, v == 1, (v > 1) & (v < TOP1_RANKS), v >= TOP1_RANKS))
+    kinds = (v == 0, v == 1, (v > 1) & (v < TOP1_RANKS)) + ((v >= TOP1_RANKS,) if classes is None else ())
+    assert all(bool(m.any()) for m in kinds)
     a, b = z.clone(), z.clone()
     _apply_top1_lift_cpu(a, v, margin)
     fast.lift_top1(b, idx, v, margin)
     assert torch.equal(a, b)
 
 
-def test_table_only_when_small():
-    from slcodec.codecs.vq import _FastDecoder
+def test_table_only_when_small(monkeypatch):
+    import slcodec.codecs.vq as vq
     codec, _, _ = _fitted_tiny()
-    C = codec._classes
-    assert _FastDecoder(codec._dec, torch.device("cpu"), table_max_bytes=16 * 16 * C * 4).table is not None
-    assert _FastDecoder(codec._dec, torch.device("cpu"), table_max_bytes=16 * 16 * C * 4 - 1).table is None
+    C, H = codec._classes, TINY["hidden"]
+    cpu = torch.device("cpu")
+    assert vq._FastDecoder(codec._dec, cpu, table_max_bytes=16 * 16 * C * 4).table is not None
+    assert vq._FastDecoder(codec._dec, cpu, table_max_bytes=16 * 16 * C * 4 - 1).table is None
+    # nor when building it would cost too much (a legal config with a huge code space and decoder)
+    macs = 16 * 16 * (2 * H + H * H + H * C)      # 1 residual layer
+    monkeypatch.setattr(vq, "DECODE_TABLE_MAX_MACS", macs)
+    assert vq._FastDecoder(codec._dec, cpu).table is not None
+    monkeypatch.setattr(vq, "DECODE_TABLE_MAX_MACS", macs - 1)
+    assert vq._FastDecoder(codec._dec, cpu).table is None

@@ -32,10 +32,11 @@ Training applies the same rule with the true classes, so the network learns what
 
 Decoding speed: when every combination of codes fits in a logits table of at most
 ``DECODE_TABLE_MAX_BYTES`` (K ** M * C * 4 bytes; e.g. the one-codebook configs that suit small
-files: bits=8 at C=1000 is 64 rows, 256 KB), the decoder runs once per combination when a
-reader first decodes, and each label is then a row gather plus - on the rows whose ``top1``
-symbol is not 0 - a lookup of that row's precomputed ranking (no search).  Larger code spaces
-run the network per batch (a [batch, hidden] x [hidden, C] GEMM).
+files: bits=8 at C=1000 is 64 rows, 256 KB) and building it costs at most
+``DECODE_TABLE_MAX_MACS``, the decoder runs once per combination when a reader first decodes
+(per process), and each label is then a row gather plus - on the rows whose ``top1`` symbol is
+not 0 - a lookup of that row's precomputed ranking (int32, min(16, C) per row; on the CPU).
+Larger code spaces run the network per batch (a [batch, hidden] x [hidden, C] GEMM).
 
 Image prior (``image_bias``, format 1.2)
 ---------------------------------------
@@ -110,6 +111,7 @@ TOP1_EPS = 2e-4            # a rank is used only when no other decoded logit is 
 TOP1_HINGE = 0.05          # rank_weight: margin (nats) the hinge asks of the true class
 IMAGE_BIAS_MAX_BITS = 1.0  # image_bias="auto": on when the [images, C] table costs <= this per label
 DECODE_TABLE_MAX_BYTES = 64 << 20  # decode by a logits table of all K**M code combinations up to this size
+DECODE_TABLE_MAX_MACS = 1 << 33    # ... and when building it (K**M rows through the decoder) costs at most this
 
 
 def _opt_int(s):
@@ -445,26 +447,28 @@ class _FastDecoder:
         self.hidden = [(t[f"w_h{i}"], t[f"b_h{i}"]) for i in range(dec.layers())]
         self.w_out, self.b_out = t["w_out"].contiguous(), t["b_out"]
         self.table = self.ranked_np = self.top_np = None
-        C = self.w_out.shape[1]
-        if K ** M * C * 4 <= table_max_bytes:
+        C, H = self.w_out.shape[1], self.b_in.shape[0]
+        build_macs = K ** M * (M * H + H * H * len(self.hidden) + H * C)
+        if K ** M * C * 4 <= table_max_bytes and build_macs <= DECODE_TABLE_MAX_MACS:
             self.table = self._all_combinations(device)
             if self.table.device.type == "cpu":
                 # each row's first TOP1_RANKS classes in decreasing order and its maximum, so a
                 # top1 symbol is resolved by a lookup (ranks are robust: exactly v logits lie
                 # above the class by more than TOP1_EPS, so ties among them do not matter)
                 top = torch.topk(self.table, min(TOP1_RANKS, C), dim=1)
-                self.ranked_np, self.top_np = top.indices.numpy(), top.values[:, 0].numpy().copy()
+                self.ranked_np = top.indices.to(torch.int32).numpy()
+                self.top_np = top.values[:, 0].numpy().copy()
 
     def _all_combinations(self, device):
         """Logits of every code combination, row ``sum_m idx_m * K ** (M - 1 - m)``."""
         M, K = self.M, self.K
+        C, H = self.w_out.shape[1], self.b_in.shape[0]
         self.strides = K ** torch.arange(M - 1, -1, -1, device=device)
-        combos = torch.arange(K ** M, device=device)
-        idx = (combos.view(-1, 1) // self.strides) % K
-        table = torch.empty((K ** M, self.w_out.shape[1]), dtype=torch.float32, device=device)
-        step = max(1, (1 << 22) // self.w_out.shape[1])
-        for i in range(0, idx.shape[0], step):
-            self._mlp(idx[i:i + step], out=table[i:i + step])
+        table = torch.empty((K ** M, C), dtype=torch.float32, device=device)
+        step = max(1, (1 << 22) // max(C, H))      # rows per chunk: ~16 MiB of activations
+        for i in range(0, K ** M, step):
+            combos = torch.arange(i, min(i + step, K ** M), device=device)
+            self._mlp((combos.view(-1, 1) // self.strides) % K, out=table[i:i + step])
         return table
 
     @torch.no_grad()
