@@ -263,7 +263,8 @@ class Reader:
         label) decodes them whole once per process and then gathers rows from memory, so a
         shuffled training loop does not decompress a chunk per label.  Wide streams (raw
         values) are read chunk by chunk."""
-        if flat.size and np.all(np.diff(flat) == 1):
+        # a contiguous range (checked cheaply first: shuffled batches rarely span size - 1)
+        if flat.size and int(flat[-1]) - int(flat[0]) == flat.size - 1 and np.all(np.diff(flat) == 1):
             lo, hi = int(flat[0]), int(flat[-1]) + 1
             if self._resident is not None:
                 return {name: arr[lo:hi] for name, arr in self._resident.items()}

@@ -350,7 +350,7 @@ def test_table_lookup_lift_equals_the_searching_one(margin, classes):
     assert all(bool(m.any()) for m in kinds)
     a, b = z.clone(), z.clone()
     _apply_top1_lift_cpu(a, v, margin)
-    fast.lift_top1(b, idx, v, margin)
+    fast.lift_top1(b, fast.table_rows(idx), v, margin)
     assert torch.equal(a, b)
 
 

@@ -485,20 +485,21 @@ class _FastDecoder:
         return idx.long().view(-1) if self.M == 1 else (idx.long() * self.strides).sum(dim=1)
 
     @torch.no_grad()
-    def __call__(self, idx, out=None):
+    def __call__(self, idx, out=None, rows=None):
+        """Logits of codes ``idx [n, M]`` (``rows``: their :meth:`table_rows`, if already known)."""
         if self.table is None:
             return self._mlp(idx, out=out)
-        return torch.index_select(self.table, 0, self.table_rows(idx), out=out)
+        return torch.index_select(self.table, 0, self.table_rows(idx) if rows is None else rows, out=out)
 
-    def lift_top1(self, z, idx, v, margin: float) -> None:
-        """:func:`apply_top1` with rule ``lift`` for CPU logits ``z`` read from the table (no
-        image prior added), in place: the class and maximum of each row to fix are looked up."""
+    def lift_top1(self, z, rows, v, margin: float) -> None:
+        """:func:`apply_top1` with rule ``lift`` for CPU logits ``z`` read from the table rows
+        ``rows`` (no image prior added), in place: each fixed row's class and maximum are looked up."""
         zn, vn = z.numpy(), v.numpy()
         fix = np.flatnonzero(vn)
         if not fix.size:
             return
         vf = vn[fix]
-        rows = self.table_rows(idx).numpy()[fix]
+        rows = rows.numpy()[fix]
         ranked = vf < TOP1_RANKS
         c = np.where(ranked, self.ranked_np[rows, np.where(ranked, vf, 0)], vf - TOP1_RANKS)
         mx = self.top_np[rows]
@@ -1100,13 +1101,14 @@ class VQCodec(Codec):
         br = self._batch_rows()
         margin = self.config["margin"]
         for i in range(0, n, br):
-            z = fast(idx[i:i + br], out=out[i:i + br])
-            b = self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
+            rows = None if fast.table is None else fast.table_rows(idx[i:i + br])
+            z = fast(idx[i:i + br], out=out[i:i + br], rows=rows)
+            b = None if self._bias is None else self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
             if b is not None:
                 z += b
             lift_cpu = dev.type == "cpu" and self.config["top1_rule"] == "lift" and z.is_contiguous()
             if lift_cpu and b is None and fast.ranked_np is not None:
-                fast.lift_top1(z, idx[i:i + br], v[i:i + br], margin)
+                fast.lift_top1(z, rows, v[i:i + br], margin)
             elif lift_cpu:
                 _apply_top1_lift_cpu(z, v[i:i + br], margin)
             else:
