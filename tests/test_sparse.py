@@ -215,6 +215,9 @@ def test_prior_classes_params_are_checked():
         SparseCodec(k=2, prior_classes=20).fit(torch.zeros(4, 20), ctx)
     with pytest.raises(ConfigError):
         SparseCodec.from_config({"k": 2, "prior_classes": None})
+    # numpy integers (a Python caller's computed values) are taken as the ints they are
+    codec = SparseCodec(k=np.int64(2), prior_classes=np.int32(4), fit_sample=np.uint16(50))
+    assert codec.get_config()["prior_classes"] == 4 and type(codec.get_config()["k"]) is int
 
 
 GOLDEN_V13 = slcodec.__path__[0] + "/../spec/golden/v1.3-sparse-k2-prior-classes-logits.vqsl"

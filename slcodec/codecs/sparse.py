@@ -40,6 +40,7 @@ Decoding (logits: log-values, normalised by the reader's softmax)
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -90,6 +91,9 @@ class SparseCodec(Codec):
 
     def validate_config(self):
         c = self.config
+        for name in ("k", "fit_sample", "prior_classes"):   # numpy integers from Python callers: plain ints
+            if isinstance(c[name], numbers.Integral) and not isinstance(c[name], bool):
+                c[name] = int(c[name])
         if isinstance(c["k"], bool) or not isinstance(c["k"], int) or c["k"] < 1:
             raise ConfigError(f"sparse: k must be a positive integer, got {c['k']!r}")
         for name in ("step", "prior_step"):
