@@ -362,7 +362,7 @@ def test_decoding_never_changes_what_later_decodes_read(reader3, x3):
         np.testing.assert_array_equal(reader3.decode(None, as_="logits").numpy().reshape(flat.shape), flat)
 
 
-@pytest.mark.parametrize("codec,opts", [("topk", {"k": 4}), ("sparse", {"k": 3}),
+@pytest.mark.parametrize("codec,opts", [("topk", {"k": 4}), ("sparse", {"k": 3}), ("fp16", {}),
                                         ("vq", {"codes": 1, "codebook_size": 8, "hidden": 16, "steps": 5})])
 def test_owned_decodes_convert_in_place_like_a_fresh_softmax(tmp_path, x3, codec, opts):
     import slcodec.codecs as codecs

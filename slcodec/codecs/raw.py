@@ -40,3 +40,4 @@ class FP16(_RawCodec):
 
     codec_id = "fp16"
     dtype = np.dtype(np.float16)
+    decode_owns_output = True    # the cast to float32 always makes a new tensor (fp32 decodes alias their streams)
