@@ -75,3 +75,17 @@ def rewrite_file(src, out, params=None, config=None, shape=None, minor=2):
             cw.commit(header, minor=minor)
         for b in builders:
             b.close()
+
+
+def assert_rejected(path, rule):
+    """Opening and decoding ``path`` raises FormatError(rule); ``slcodec verify`` exits 1."""
+    import pytest
+
+    import slcodec
+    from slcodec.cli import main as cli_main
+    from slcodec.errors import FormatError
+    with pytest.raises(FormatError) as ei:
+        with slcodec.open(path) as r:
+            r.decode(None)
+    assert ei.value.rule == rule
+    assert cli_main(["verify", str(path)]) == 1

@@ -9,7 +9,7 @@ from slcodec.codecs.sparse import SparseCodec
 from slcodec.container import Container
 from slcodec.errors import ConfigError, FormatError
 
-from craft import rewrite_file
+from craft import assert_rejected, rewrite_file
 
 FIXTURE = slcodec.__path__[0] + "/data/lite0_8x64_fp16.npy"
 
@@ -227,7 +227,6 @@ GOLDEN_V13 = slcodec.__path__[0] + "/../spec/golden/v1.3-sparse-k2-prior-classes
     ("ids_reversed", "codec-params"), ("no_ids", "codec-params"), ("fewer_listed", "codec-params"),
     ("stored_null", "codec"), ("uniform_with_ids", "codec")])
 def test_hostile_v13_files_are_rejected(case, rule, tmp_path):
-    from slcodec.cli import main as cli_main
     with Container.open(GOLDEN_V13) as c:
         ids = c.read_array("params/prior_ids")
     out = str(tmp_path / f"{case}.vqsl")
@@ -237,11 +236,7 @@ def test_hostile_v13_files_are_rejected(case, rule, tmp_path):
           "stored_null": {"config": {"prior_classes": None}},
           "uniform_with_ids": {"config": {"tail": "uniform"}}}[case]
     rewrite_file(GOLDEN_V13, out, minor=3, **kw)
-    with pytest.raises(FormatError) as ei:
-        with slcodec.open(out) as r:
-            r.decode(None)
-    assert ei.value.rule == rule
-    assert cli_main(["verify", out]) == 1
+    assert_rejected(out, rule)
 
 
 def test_v13_rewrite_without_edits_decodes_like_the_golden_file(tmp_path):
