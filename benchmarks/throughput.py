@@ -115,7 +115,7 @@ def main():
             readers[codec_id] = slcodec.open(path)
             results["encode"][codec_id]["file_bits_per_label"] = os.path.getsize(path) * 8 / n
 
-        print(f"\n| batch | raw FP16 -> probs (labels/s) | " +
+        print("\n| batch | raw FP16 -> probs (labels/s) | " +
               " | ".join(f"{cid} (labels/s) | {cid} ratio" for cid in codecs) + " |")
         print("|---:|---:|" + "---:|---:|" * len(codecs))
         for r in readers.values():
