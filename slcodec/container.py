@@ -29,6 +29,7 @@ import numpy as np
 import zstandard
 
 from . import schema
+from .atomic import AtomicFile
 from .errors import FormatError
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
@@ -245,12 +246,9 @@ class ContainerWriter:
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{self.path}: folder {folder} does not exist")
-        fd, self.tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(self.path) + ".",
-                                             suffix=".tmp")
-        self._f = os.fdopen(fd, "w+b")
+        self._out = AtomicFile(self.path)  # the one atomic-output helper (slcodec.atomic)
+        self.tmp_path = self._out.tmp_path
+        self._f = self._out.file
         self._f.write(b"\0" * PREAMBLE.size)
         self._pos = PREAMBLE.size
         self.sections: list[dict] = []
@@ -331,18 +329,15 @@ class ContainerWriter:
         pre = pre[:60] + struct.pack("<I", crc32(pre[:60]))
         self._f.seek(0)
         self._f.write(pre)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        self._out.finish()  # flush, fsync, close; the mode a plain open() gives (removed on failure)
         try:
             if self._verify:
                 with Container.open(self.tmp_path) as c:
                     problems = c.verify()
                 if problems:
                     raise FormatError(f"written file failed verification: {problems[0]}", rule="self-check")
-            os.chmod(self.tmp_path, _output_mode(self.path))
         except BaseException:
-            self._remove_tmp()
+            self._out.abort()
             raise
         #: bytes and header CRC of the finished file (a manifest records them for each shard)
         self.file_length, self.header_crc32 = file_length, crc32(data)
@@ -352,48 +347,13 @@ class ContainerWriter:
 
     def publish(self) -> None:
         """Rename the committed temporary file to ``path`` (atomically replacing any file there)."""
-        try:
-            os.replace(self.tmp_path, self.path)
-        except BaseException:
-            self._remove_tmp()
-            raise
+        self._out.publish()  # removes the temporary file if the rename fails
         self.closed = True
-        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        self._remove_tmp()
+        """Remove the temporary file (even when closing it fails: a full disk fails the flush)."""
+        self._out.abort()
         self.closed = True
-
-    def _remove_tmp(self) -> None:
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
-
-
-def _output_mode(path: str) -> int:
-    """Mode for a new output: the replaced file's, else what open() would give (mkstemp uses 0600)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reader
