@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from ..lazy_torch import lazy_import
 
 from ..errors import ConfigError
 from .base import Codec, register
+
+torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
 
 class _RawCodec(Codec):

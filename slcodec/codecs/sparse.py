@@ -43,10 +43,13 @@ import math
 import numbers
 
 import numpy as np
-import torch
+
+from ..lazy_torch import lazy_import
 
 from ..errors import ConfigError, FormatError
 from .base import Codec, Context, Option, register
+
+torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
 TAIL_FLOOR = 1e-6     # the left-over mass never decodes below this (quantized values may sum past 1)
 
@@ -113,7 +116,8 @@ class SparseCodec(Codec):
             raise ConfigError(f"sparse: fit_sample must be a positive integer, got {v!r}")
         self._prior = None        # uint8 levels as stored (packed)
         self._prior_ids = None    # the listed classes (prior_classes set), as stored
-        self._log_w = None        # float32 torch [C]: log of the (unnormalised) prior
+        self._prior_levels = None  # uint8 [C]: the prior's level of each class (None: no prior)
+        self._log_w_t = None       # float32 torch [C] built from them on first use
         self._classes = None
 
     def _k(self, classes: int) -> int:
@@ -187,8 +191,8 @@ class SparseCodec(Codec):
 
     def _set_prior(self, packed, classes, ids=None):
         self._prior, self._prior_ids = packed, ids
+        self._prior_levels = self._log_w_t = None
         if packed is None:
-            self._log_w = None
             return
         u = np.empty(2 * packed.size, dtype=np.uint8)
         u[0::2], u[1::2] = packed & 15, packed >> 4
@@ -196,7 +200,15 @@ class SparseCodec(Codec):
             full = np.full(classes, u[ids.size], dtype=np.uint8)
             full[ids.astype(np.int64)] = u[:ids.size]
             u = full
-        self._log_w = -torch.from_numpy(u[:classes].astype(np.float32)) * self.config["prior_step"]
+        self._prior_levels = u[:classes]
+
+    @property
+    def _log_w(self):
+        """float32 torch [C]: log of the (unnormalised) prior, or None; built on first use so
+        that checking a file (set_params) needs no torch."""
+        if self._prior_levels is not None and self._log_w_t is None:
+            self._log_w_t = -torch.from_numpy(self._prior_levels.astype(np.float32)) * self.config["prior_step"]
+        return self._log_w_t
 
     def get_params(self):
         if self._prior is None:

@@ -8,10 +8,13 @@ probabilities the lower class id is kept.
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from ..lazy_torch import lazy_import
 
 from ..errors import ConfigError, FormatError
 from .base import Codec, Option, register
+
+torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
 
 @register

@@ -94,11 +94,15 @@ import math
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from ..lazy_torch import lazy_import, no_grad
 
 from ..errors import ConfigError, FormatError
 from .base import Codec, Context, Option, register
+
+# imported on first use: the options, config rules and file checks need no torch
+torch = lazy_import("torch", globals())
+F = lazy_import("torch.nn.functional", globals(), "F")
 
 ARGMAX_BITS = 2.0          # nominal budget of the top1 stream inside `bits`
 LOG_CLAMP = 1e-30          # probs sources: log(max(p, LOG_CLAMP))
@@ -337,7 +341,7 @@ class _Encoder:
     def params(self):
         return list(self.p.values())
 
-    @torch.no_grad()
+    @no_grad
     def freeze(self):
         """Inference weights: the input standardisation folded into the first layer."""
         p = {k: v.detach() for k, v in self.p.items()}
@@ -346,7 +350,7 @@ class _Encoder:
         p["b0"] = p["b0"] - (self.mu / self.sd) @ self.p[key].detach()
         self.frozen = p
 
-    @torch.no_grad()
+    @no_grad
     def infer(self, x, xmax=None):
         p = self.frozen
         if self.mode == "dense":
@@ -471,7 +475,7 @@ class _FastDecoder:
             self._mlp((combos.view(-1, 1) // self.strides) % K, out=table[i:i + step])
         return table
 
-    @torch.no_grad()
+    @no_grad
     def _mlp(self, idx, out=None):
         flat = idx.long() + self.offs
         h = F.embedding_bag(flat, self.code_tab, mode="sum") + self.b_in
@@ -484,7 +488,7 @@ class _FastDecoder:
         """The logits-table row of each label's codes ``idx [n, M]``."""
         return idx.long().view(-1) if self.M == 1 else (idx.long() * self.strides).sum(dim=1)
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, idx, out=None, rows=None):
         """Logits of codes ``idx [n, M]`` (``rows``: their :meth:`table_rows`, if already known)."""
         if self.table is None:
@@ -612,14 +616,15 @@ class VQCodec(Codec):
         if c["image_bias"] not in ("auto", "on", "off"):
             raise ConfigError("vq: image_bias must be auto, on or off")
         self.M, self.K = rate_for_bits(c["bits"], c["codes"], c["codebook_size"])
-        self._dec = None          # _Decoder with tensors as stored (param_dtype -> float32)
+        self._params_np = None    # stored parameters (param_dtype numpy), decoder and codebooks
+        self._dec_t = None        # _Decoder of them (float32 torch), built on first use
         self._fast = {}           # device -> _FastDecoder
         self._enc = None          # _Encoder (only after fit)
         self._assign_cb = None    # codebooks the encoder searches (float32)
         self._classes = None
         self._image_means = None  # [images, C] float32 given by set_image_means (before fit)
         self._bias_np = None      # stored image_bias (param_dtype numpy) when on
-        self._bias = None         # stored image_bias as float32 torch [images, C] (when on)
+        self._bias_t = None       # that table as float32 torch [images, C], built on first use
         self._bias_dev = {}       # device -> that table
         self._augs = None         # augmentations per image (labels.shape[1]) when image_bias is on
 
@@ -693,7 +698,7 @@ class VQCodec(Codec):
 
     def _set_bias(self, table_np, augs):
         self._bias_np = table_np
-        self._bias = None if table_np is None else torch.from_numpy(table_np.astype(np.float32))
+        self._bias_t = None
         self._bias_dev = {}
         self._augs = augs
 
@@ -934,7 +939,7 @@ class VQCodec(Codec):
                        f"usage {self.fit_info['code_usage_mean']:.3f}, "
                        f"entropy {self.fit_info['index_entropy_total']:.2f} bits")
 
-    @torch.no_grad()
+    @no_grad
     def _kmeans(self, enc, x, K, g, gc, dev, iters=15, max_rows=16384):
         n = x.shape[0]
         rows = torch.randperm(n, generator=gc)[:max_rows].to(dev)
@@ -956,7 +961,7 @@ class VQCodec(Codec):
             cb = torch.where((cnt > 0).unsqueeze(-1), upd, cb)
         return cb
 
-    @torch.no_grad()
+    @no_grad
     def _assign(self, x, dev):
         out = []
         br = self._batch_rows()
@@ -967,7 +972,7 @@ class VQCodec(Codec):
 
     # ------------------------------------------------------------------ params
     def get_params(self):
-        if self._dec is None:
+        if self._params_np is None:
             return {}
         out = {k: v.copy() for k, v in self._params_np.items()}
         if self._bias_np is not None:
@@ -976,8 +981,24 @@ class VQCodec(Codec):
 
     def _set_decoder(self, params_np):
         self._params_np = params_np
-        self._dec = _Decoder({k: torch.from_numpy(v.astype(np.float32)) for k, v in params_np.items()})
+        self._dec_t = None
         self._fast = {}
+
+    # The torch forms of the stored arrays are built on first use, so that checking a file
+    # (set_params, validate_streams: `slcodec verify`) needs no torch.
+    @property
+    def _dec(self):
+        """The _Decoder of the stored parameters (param_dtype -> float32), or None before fit/set_params."""
+        if self._dec_t is None and self._params_np is not None:
+            self._dec_t = _Decoder({k: torch.from_numpy(v.astype(np.float32)) for k, v in self._params_np.items()})
+        return self._dec_t
+
+    @property
+    def _bias(self):
+        """The stored image_bias as float32 torch [images, C], or None when off."""
+        if self._bias_t is None and self._bias_np is not None:
+            self._bias_t = torch.from_numpy(self._bias_np.astype(np.float32))
+        return self._bias_t
 
     def set_params(self, params, ctx: Context):
         cfg = self.config
