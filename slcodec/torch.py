@@ -16,12 +16,16 @@ About five new lines in a training loop::
 Mapping: item ``i`` of epoch ``e`` is view ``a = e % A`` of image ``i`` (``A`` augmentations
 per image in the file), i.e. label ``i * A + a``; when the file's ``augment`` section is
 seeded, the image returned is exactly that view (crop, flip, mix regenerated from the seed,
-:mod:`slcodec.augment`), so the label belongs to the pixels the student sees.  Any batch
-size, any sampler/shuffling and any ``num_workers`` work: the dataset holds only the file's
-path and opens nothing; decoders open the file (memory-mapped) lazily in each process and
-reopen after a fork.  ``set_epoch`` is read when a loader iterator starts, so use the default
-``persistent_workers=False``, or index the dataset with ``(epoch, i)`` tuples from your own
-sampler.  Nothing in PyTorch is patched.
+:mod:`slcodec.augment`), so the label belongs to the pixels the student sees.  A file without
+seeded views is refused unless the caller says where the views come from (``seed`` and
+``policy``, ``view_fn`` or ``augment=False``): its raw images would otherwise be paired with
+labels of views nobody can rebuild.  Any batch size, any sampler/shuffling and any
+``num_workers``, persistent or not, work: the epoch lives in a one-element shared-memory
+tensor that the workers (forked or spawned) read at each item, so ``set_epoch`` between
+epochs reaches workers that outlive an iterator; the dataset holds only the file's path and
+opens nothing; decoders open the file (memory-mapped) lazily in each process and reopen after
+a fork.  ``(epoch, i)`` tuples from your own sampler also select a view.  Nothing in PyTorch
+is patched.
 """
 from __future__ import annotations
 
@@ -82,50 +86,138 @@ def read_layout(path, augs_per_image: int | None = None):
     return shape[0] // augs_per_image, augs_per_image, record
 
 
+def _check_image_layout(shape, what: str) -> None:
+    """Refuse image shapes that would be cropped along the wrong axes ([H, W, C] and the like)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3:
+        raise ValueError(f"{what} has shape {list(shape)}; an image must be [C, H, W]")
+    # A channel count above 4 next to a last axis of 1, 3 or 4 is an [H, W, C] image: cropping it
+    # would cut along W and C and still return a tensor, so this is refused rather than guessed.
+    if shape[0] > 4 and shape[2] <= 4:
+        raise ValueError(f"{what} has shape {list(shape)}, which looks channels-last [H, W, C]; "
+                         "images must be [C, H, W] (e.g. images.permute(0, 3, 1, 2) for a batch)")
+
+
+def _check_images(images, path: str):
+    """``images`` as a tensor or map-style dataset, with its layout and dtype checked."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images for {path} have shape {list(images.shape)}; expected [N, C, H, W]")
+        if images.dtype == torch.bool or images.is_complex():
+            raise ValueError(f"images for {path} have dtype {images.dtype}; expected a real or integer dtype")
+        _check_image_layout(images.shape[1:], f"images for {path}")
+    elif len(images):
+        first = _fetch(images, 0)
+        _check_image_layout(first.shape, f"image 0 of the dataset given for {path}")
+    return images
+
+
 class LabelDataset(Dataset):
     """Pairs images with the labels of a ``.vqsl`` file: item -> ``(view, label index)``.
 
-    ``images``: a tensor ``[N, C, H, W]`` (or numpy array) or any map-style dataset whose items
-    are image tensors (or tuples starting with one); ``N`` must be the file's image count.
-    The seed and policy come from the file's ``augment`` section; for a file without one
-    (``{"mode": "none"}``) pass ``seed`` and ``policy`` to augment anyway, or leave them unset
-    to get the images as they are.  ``augment=False`` never augments (for a pipeline that
-    builds the views itself from :func:`slcodec.augment.view_params`).  ``transform`` is
-    applied to each view (e.g. normalisation).  Integer images are returned as float32.
+    ``images``: a tensor ``[N, C, H, W]`` or numpy array of that shape (channels first; any
+    real or integer dtype), or any map-style dataset whose item ``i`` is an image tensor or
+    array ``[C, H, W]`` (or a tuple starting with one; sizes may differ between images).
+    ``N`` must be the file's image count.  Integer images become float32 with their values
+    unchanged (uint8 stays 0..255): normalise in ``transform``, which is applied to each view.
+    Channels-last images are refused, not guessed.
+
+    Where view ``a`` of image ``i`` comes from, exactly one of:
+
+    * the file's seeded ``augment`` section (the default; ``seed``/``policy``, if given, must
+      equal the file's);
+    * ``seed`` and ``policy``, for a file without seeded views whose labels were made with them;
+    * ``view_fn(image, image_index, view_index) -> view``, for a file without seeded views
+      (for example one imported with explicit per-view records): ``image`` is item
+      ``image_index`` of ``images`` as stored (a ``[C, H, W]`` tensor), the result is returned
+      as the view.  Use a module-level function when workers are spawned (it is pickled);
+    * ``augment=False``: the images as they are, whatever the file holds (for labels made on
+      unaugmented images, or a pipeline building the views itself from
+      :func:`slcodec.augment.view_params`).
+
+    A file without seeded views and none of the last three is refused with a ValueError: the
+    raw image would be paired with the label of a view nobody can rebuild.  ``views`` says in
+    words which source is used (worth logging next to a run's results).
+
+    The epoch set by :meth:`set_epoch` is shared with the loader's worker processes (a shared
+    memory tensor), persistent or not; set it between epochs, not while iterating.
     """
 
     def __init__(self, images, path, *, augs_per_image: int | None = None, transform=None,
-                 policy: Policy | dict | None = None, seed: int | None = None, augment: bool = True, epoch: int = 0):
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images)
-        self.images = images
+                 policy: Policy | dict | None = None, seed: int | None = None, augment: bool = True,
+                 view_fn=None, epoch: int = 0):
         self.path = os.fspath(path)
+        self.images = _check_images(images, self.path)
         self.num_images, self.augs_per_image, record = read_layout(self.path, augs_per_image)
-        if len(images) != self.num_images:
-            raise ValueError(f"{self.path} holds labels for {self.num_images} images, got {len(images)} images")
+        if len(self.images) != self.num_images:
+            raise ValueError(f"{self.path} holds labels for {self.num_images} images, got {len(self.images)} images")
         if isinstance(policy, dict):
             policy = Policy.from_dict(policy)
-        self.policy, self.seed = None, None
-        if augment:
-            try:
-                parsed = parse_record(record)
-            except ConfigError as exc:
-                raise ValueError(f"{self.path}: {exc}; pass augment=False to get the images unaugmented") from None
-            if parsed is not None:
-                if (policy is not None and policy != parsed[1]) or (seed is not None and seed != parsed[0]):
-                    raise ValueError(f"{self.path}: its labels belong to seed {parsed[0]} and policy "
-                                     f"{parsed[1].to_dict()}; a different seed or policy would mismatch them")
-                self.seed, self.policy = parsed
-            elif policy is not None or seed is not None:
-                if policy is None or seed is None:
-                    raise ValueError("pass both seed and policy to augment a file without seeded views")
-                self.seed, self.policy = int(seed), policy
+        if view_fn is not None and not callable(view_fn):
+            raise ValueError(f"view_fn must be callable(image, image_index, view_index), got {type(view_fn).__name__}")
+        self.policy, self.seed, self.view_fn = None, None, None
+        if not augment:
+            if policy is not None or seed is not None or view_fn is not None:
+                raise ValueError("augment=False returns the images as they are; it takes no seed, policy or view_fn")
+            self.views = "the images as they are (augment=False)"
+        else:
+            self._choose_views(record, policy, seed, view_fn)
         self.transform = transform
-        self.epoch = int(epoch)
+        # One int64 in shared memory: forked workers inherit the mapping and spawned or
+        # persistent ones receive it through torch's multiprocessing pickler, so set_epoch
+        # reaches every worker; a plain pickle copies the value.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.epoch = epoch
+
+    def _choose_views(self, record, policy, seed, view_fn) -> None:
+        try:
+            parsed = parse_record(record)
+            missing = None
+        except ConfigError as exc:
+            parsed, missing = None, str(exc)
+        if parsed is not None:
+            if (policy is not None and policy != parsed[1]) or (seed is not None and seed != parsed[0]):
+                raise ValueError(f"{self.path}: its labels belong to seed {parsed[0]} and policy "
+                                 f"{parsed[1].to_dict()}; a different seed or policy would mismatch them")
+            if view_fn is not None:
+                raise ValueError(f"{self.path}: its views are regenerated from its seeded augmentation record; "
+                                 "a view_fn would replace them (pass augment=False to build them yourself)")
+            self.seed, self.policy = parsed
+            self.views = f"seeded views from the file (seed {self.seed}, policy {self.policy.to_dict()})"
+            return
+        if view_fn is not None:
+            if policy is not None or seed is not None:
+                raise ValueError("pass either view_fn or seed and policy, not both")
+            self.view_fn = view_fn
+            name = getattr(view_fn, "__qualname__", None) or type(view_fn).__name__
+            self.views = f"views from view_fn {getattr(view_fn, '__module__', '?')}.{name}"
+            return
+        if policy is not None or seed is not None:
+            if policy is None or seed is None:
+                raise ValueError("pass both seed and policy to augment a file without seeded views")
+            self.seed, self.policy = int(seed), policy
+            self.views = f"seeded views from the caller (seed {self.seed}, policy {self.policy.to_dict()})"
+            return
+        what = missing or "has no seeded augmentation record (augment mode 'none')"
+        raise ValueError(
+            f"{self.path}: {what}, so LabelDataset cannot build the view each label belongs to; pass seed= and policy= "
+            "if the labels were made with that seeded policy, view_fn=fn(image, image_index, view_index) to "
+            "build the views yourself, or augment=False if the labels belong to the images as they are")
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose views the dataset yields (shared with the loader's workers)."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose views the next loader iterator yields."""
-        self.epoch = int(epoch)
+        """Select the epoch whose views the next loader iterator yields (call it between epochs)."""
+        self.epoch = epoch
 
     def label_index(self, epoch: int, image) -> np.ndarray:
         """Flat label index of image(s) ``image`` at ``epoch``: ``image * A + epoch % A``."""
@@ -142,6 +234,8 @@ class LabelDataset(Dataset):
         a = int(epoch) % self.augs_per_image
         if self.policy is not None:
             view = build_views(self.images, [i], [a], self.policy, self.seed, num_images=self.num_images)[0]
+        elif self.view_fn is not None:
+            view = self.view_fn(_fetch(self.images, i), i, a)
         else:
             view = _float(_fetch(self.images, i))
         if self.transform is not None:

@@ -126,6 +126,56 @@ def test_loader_with_workers_delivers_the_right_labels(seeded_file, real_labels,
             assert sorted(seen) == list(range(8))
 
 
+def _noisy_constant_images(n, h=20, w=24):
+    """Image i is 10*i plus noise in [0, 1): a view's mean tells its image, its pixels tell its crop."""
+    noise = torch.rand((n, 3, h, w), generator=torch.Generator().manual_seed(5))
+    return _constant_images(n, h, w) + noise
+
+
+@pytest.mark.parametrize("persistent,context", [(False, "fork"), (True, "fork"), (True, "spawn")])
+def test_set_epoch_reaches_the_loader_workers(seeded_file, one_thread, persistent, context):
+    path, policy = seeded_file
+    imgs = _noisy_constant_images(8)
+    data = LabelDataset(imgs, path)
+    epochs = (0, 1, 2, 65)
+    expected = {e % 64: build_views(imgs, np.arange(8), e % 64, policy, 77) for e in epochs}
+    # the views of different epochs differ, so a worker stuck at epoch 0 cannot pass
+    assert all((expected[1][i] - expected[0][i]).abs().max() > 0.05 for i in range(8))
+    loader = DataLoader(data, batch_size=3, shuffle=True, num_workers=2, persistent_workers=persistent,
+                        multiprocessing_context=context, generator=torch.Generator().manual_seed(1))
+    for epoch in epochs:
+        data.set_epoch(epoch)
+        seen = []
+        for views, idx in loader:
+            for view, label in zip(views, idx.tolist()):
+                image = int(view.mean() // 10)
+                assert label == image * 64 + epoch % 64, (epoch, image, label)
+                assert torch.allclose(view, expected[epoch % 64][image], atol=1e-5), (epoch, image)
+                seen.append(image)
+        assert sorted(seen) == list(range(8))
+    assert data.epoch == 65
+    copy = pickle.loads(pickle.dumps(data))                               # a plain pickle copies the epoch
+    copy.set_epoch(3)
+    assert (copy.epoch, data.epoch) == (3, 65)
+
+
+def test_view_fn_through_persistent_workers(unseeded_file, one_thread):
+    imgs = _noisy_constant_images(8, 16, 16)
+    data = LabelDataset(imgs, unseeded_file, view_fn=_corner_view)
+    loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=2, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(2))
+    for epoch in (0, 1, 7):
+        data.set_epoch(epoch)
+        seen = []
+        for views, idx in loader:
+            for view, label in zip(views, idx.tolist()):
+                image = label // 6
+                assert label % 6 == epoch % 6
+                assert torch.equal(view, _corner_view(imgs[image], image, epoch % 6))
+                seen.append(image)
+        assert sorted(seen) == list(range(8))
+
+
 def test_dataset_views_and_indices(seeded_file):
     path, policy = seeded_file
     imgs = torch.rand((8, 3, 20, 24), generator=torch.Generator().manual_seed(2))
@@ -147,17 +197,87 @@ def test_dataset_views_and_indices(seeded_file):
         data[8]
 
 
-def test_unseeded_file_and_flat_layout(tmp_path, real_labels):
-    path = str(tmp_path / "flat.vqsl")
-    slcodec.encode(real_labels.reshape(-1, 1000)[:48], path, codec="fp16")     # [N, C], augment mode none
-    imgs = torch.rand((6, 3, 16, 16))
+def _corner_view(image, image_index, view_index):
+    """A user's view function: view a of an image is its a-th 4 x 4 diagonal corner, scaled by the image index."""
+    return image[:, view_index:view_index + 4, view_index:view_index + 4].float() * (image_index + 1)
+
+
+@pytest.fixture
+def unseeded_file(tmp_path, real_labels):
+    path = str(tmp_path / "plain.vqsl")
+    slcodec.encode(real_labels[:, :6], path, codec="fp16")          # [8, 6, C] from a plain array: mode none
+    return path
+
+
+def test_file_without_seeded_views_is_refused(unseeded_file, tmp_path, real_labels):
+    imgs = torch.rand((8, 3, 16, 16))
+    with slcodec.open(unseeded_file) as r:
+        assert r.container.read_msgpack("augment") == {"mode": "none"}
+    # the raw image with the label of view a would be silently wrong: refused, naming the fix
+    with pytest.raises(ValueError, match=r"plain\.vqsl: has no seeded augmentation record \(augment mode 'none'\)"
+                                         r".*seed= and policy=.*view_fn=.*augment=False"):
+        LabelDataset(imgs, unseeded_file)
+    flat = str(tmp_path / "flat.vqsl")
+    slcodec.encode(real_labels.reshape(-1, 1000)[:48], flat, codec="fp16")     # [N, C]
     with pytest.raises(ValueError, match="augs_per_image"):
-        LabelDataset(imgs, path)
-    data = LabelDataset(imgs, path, augs_per_image=8)
-    assert data.policy is None and torch.equal(data[(9, 2)][0], imgs[2]) and data[(9, 2)][1] == 2 * 8 + 1
+        LabelDataset(imgs[:6], flat)
+    with pytest.raises(ValueError, match="no seeded augmentation record"):
+        LabelDataset(imgs[:6], flat, augs_per_image=8)
+    explicit = str(tmp_path / "explicit.vqsl")
+    slcodec.encode(real_labels, explicit, codec="fp16", augment={"mode": "explicit", "layout": "fkd", "fields": []})
+    with pytest.raises(ValueError, match="explicit.vqsl: augment mode 'explicit' has no seeded parameters.*view_fn="):
+        LabelDataset(imgs, explicit)
+
+
+def test_file_without_seeded_views_with_an_explicit_source(unseeded_file):
+    imgs = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    plain = LabelDataset(imgs, unseeded_file, augment=False)           # labels of the images as they are
+    view, idx = plain[(9, 2)]
+    assert view.dtype == torch.float32 and torch.equal(view, imgs[2].float()) and idx == 2 * 6 + 3
+    assert plain.views == "the images as they are (augment=False)"
     p = A.Policy(size=8)
-    aug = LabelDataset(imgs, path, augs_per_image=8, policy=p, seed=5)
-    assert torch.equal(aug[(1, 2)][0], build_views(imgs, [2], [1], p, 5)[0])
+    aug = LabelDataset(imgs, unseeded_file, policy=p, seed=5)           # labels made with this seeded policy
+    assert torch.equal(aug[(1, 2)][0], build_views(imgs, [2], [1], p, 5)[0]) and aug[(1, 2)][1] == 2 * 6 + 1
+    assert "caller (seed 5" in aug.views
+    own = LabelDataset(imgs, unseeded_file, view_fn=_corner_view)
+    assert own.views.endswith("_corner_view") and own.view_fn is _corner_view
+    for epoch, i in ((0, 0), (4, 7), (13, 3)):
+        view, idx = own[(epoch, i)]
+        assert torch.equal(view, _corner_view(imgs[i], i, epoch % 6)) and idx == i * 6 + epoch % 6
+    with pytest.raises(ValueError, match="both seed and policy"):
+        LabelDataset(imgs, unseeded_file, seed=5)
+    with pytest.raises(ValueError, match="either view_fn or seed and policy"):
+        LabelDataset(imgs, unseeded_file, view_fn=_corner_view, seed=5, policy=p)
+    with pytest.raises(ValueError, match="takes no seed, policy or view_fn"):
+        LabelDataset(imgs, unseeded_file, augment=False, view_fn=_corner_view)
+    with pytest.raises(ValueError, match="view_fn must be callable"):
+        LabelDataset(imgs, unseeded_file, view_fn="crop")
+
+
+def test_view_fn_is_refused_for_a_seeded_file(seeded_file):
+    imgs = torch.rand((8, 3, 20, 24))
+    with pytest.raises(ValueError, match="seeded augmentation record; a view_fn would replace them"):
+        LabelDataset(imgs, seeded_file[0], view_fn=_corner_view)
+
+
+def test_image_layout_and_dtype_are_checked(seeded_file):
+    path, policy = seeded_file
+    hwc = np.random.default_rng(0).integers(0, 256, (8, 20, 24, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"shape \[20, 24, 3\], which looks channels-last"):
+        LabelDataset(hwc, path)                                        # a numpy batch straight from PIL images
+    with pytest.raises(ValueError, match="looks channels-last"):
+        LabelDataset([torch.from_numpy(im) for im in hwc], path)          # a dataset of [H, W, C] items
+    with pytest.raises(ValueError, match=r"expected \[N, C, H, W\]"):
+        LabelDataset(torch.rand(8, 20, 24), path)
+    with pytest.raises(ValueError, match="dtype torch.bool"):
+        LabelDataset(torch.zeros(8, 3, 20, 24, dtype=torch.bool), path)
+    chw = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))               # uint8 [N, C, H, W] numpy: accepted
+    data = LabelDataset(chw, path)
+    view, _ = data[(2, 5)]
+    assert view.dtype == torch.float32 and view.max() > 1                # values unchanged (0..255), not rescaled
+    assert torch.equal(view, build_views(torch.from_numpy(chw).float(), [5], [2], policy, 77)[0])
+    ragged = [torch.rand(3, 20 + i, 24) for i in range(8)]                # a dataset of differently sized images
+    assert LabelDataset(ragged, path)[(0, 3)][0].shape == (3, 10, 12)
 
 
 def test_decoder_is_lazy_fork_safe_and_picklable(seeded_file):
