@@ -189,6 +189,10 @@ def test_dataset_views_and_indices(seeded_file):
     plain = LabelDataset(imgs, path, augment=False, transform=lambda t: t * 2)
     assert torch.equal(plain[1][0], imgs[1] * 2)
     pickle.loads(pickle.dumps(data))
+    # a sampler of (epoch, image) tuples selects views through a DataLoader without set_epoch
+    views, idx = next(iter(DataLoader(data, batch_size=3, sampler=[(3, 5), (70, 0), (3, 2)])))
+    assert idx.tolist() == [5 * 64 + 3, 0 * 64 + 6, 2 * 64 + 3] and data.epoch == 67
+    assert torch.equal(views[0], view) and torch.equal(views[2], build_views(imgs, [2], [3], policy, 77)[0])
     with pytest.raises(ValueError, match="images"):
         LabelDataset(imgs[:7], path)
     with pytest.raises(ValueError, match="mismatch"):
@@ -241,6 +245,7 @@ def test_file_without_seeded_views_with_an_explicit_source(unseeded_file):
     assert "caller (seed 5" in aug.views
     own = LabelDataset(imgs, unseeded_file, view_fn=_corner_view)
     assert own.views.endswith("_corner_view") and own.view_fn is _corner_view
+    assert pickle.loads(pickle.dumps(own)).view_fn is _corner_view         # as spawned workers receive it
     for epoch, i in ((0, 0), (4, 7), (13, 3)):
         view, idx = own[(epoch, i)]
         assert torch.equal(view, _corner_view(imgs[i], i, epoch % 6)) and idx == i * 6 + epoch % 6
@@ -278,6 +283,8 @@ def test_image_layout_and_dtype_are_checked(seeded_file):
     assert torch.equal(view, build_views(torch.from_numpy(chw).float(), [5], [2], policy, 77)[0])
     ragged = [torch.rand(3, 20 + i, 24) for i in range(8)]                # a dataset of differently sized images
     assert LabelDataset(ragged, path)[(0, 3)][0].shape == (3, 10, 12)
+    pairs = [(torch.from_numpy(chw[i]), i) for i in range(8)]             # (image, target) items
+    assert torch.equal(LabelDataset(pairs, path)[(2, 5)][0], view)
 
 
 def test_decoder_is_lazy_fork_safe_and_picklable(seeded_file):
