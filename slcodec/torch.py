@@ -107,7 +107,7 @@ def _check_images(images, path: str):
             raise ValueError(f"images for {path} have shape {list(images.shape)}; expected [N, C, H, W]")
         if images.dtype == torch.bool or images.is_complex():
             raise ValueError(f"images for {path} have dtype {images.dtype}; expected a real or integer dtype")
-        _check_image_layout(images.shape[1:], f"images for {path}")
+        _check_image_layout(images.shape[1:], f"each image of images {list(images.shape)} for {path}")
     elif len(images):
         first = _fetch(images, 0)
         _check_image_layout(first.shape, f"image 0 of the dataset given for {path}")
