@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from . import __version__
+from . import __version__, limits
 from .codecs.base import Context, get_codec_class
 from .container import Container
 from .errors import ConfigError, FormatError, SlcodecError
@@ -306,6 +306,8 @@ class Reader:
         device = resolve_device(device)
         flat, lead = self.flat_indices(index)
         ctx = self._ctx(device)
+        # one codec call decodes at most MAX_DECODE_BYTES of float32 (the codecs refuse more)
+        batch_size = max(1, min(batch_size, limits.MAX_DECODE_BYTES // (4 * self.classes)))
         out = None
         if flat.size > batch_size:
             out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)

@@ -8,9 +8,10 @@ A cap is a rule of the format where a file can exceed it (a reader MUST reject s
 the per-call decode cap bounds a request, not a file (a caller asks for fewer labels at a time).
 """
 
-#: labels.classes: large enough for any real vocabulary (the largest language-model vocabularies
-#: are ~2.6e5 tokens); one float32 label is 64 MiB at the cap
-MAX_CLASSES = 1 << 24
+#: labels.classes: above any real vocabulary (the largest language-model vocabularies are ~2**18
+#: tokens); one float32 label is 4 MiB at the cap, so a 16-row chunk of float32 labels fits the
+#: container's 64 MiB chunk cap.  (slcodec.schema's header rule uses the same number.)
+MAX_CLASSES = 1 << 20
 
 #: bytes of the float32 ``[n, C]`` result of one decode call (``Codec.decode``, ``Reader.decode``):
 #: a larger request is refused (ConfigError), it is not a damaged file

@@ -16,12 +16,15 @@ JSON/msgpack-able configuration stored in the container header.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from .. import limits
 from ..errors import ConfigError
+from .rules import check_options
 
 SOURCE_KINDS = ("logits", "probs")
 
@@ -36,6 +39,8 @@ class Option:
     help: str
     nargs: str | None = None
     choices: tuple | None = None
+    #: the type and range rule of the value (slcodec.codecs.rules), checked before anything is built
+    rule: Any = None
 
 
 @dataclasses.dataclass
@@ -75,13 +80,15 @@ class Codec(ABC):
         if unknown:
             raise ConfigError(f"codec {self.codec_id!r} has no option {unknown[0]!r} "
                               f"(options: {', '.join(known) or 'none'})")
-        self.config = {name: config.get(name, opt.default) for name, opt in known.items()}
+        self.config = check_options(self.codec_id, self.options,
+                                    {name: config.get(name, opt.default) for name, opt in known.items()})
         self.validate_config()
         self.fit_info: dict = {}
 
     # -- configuration ---------------------------------------------------
     def validate_config(self) -> None:
-        """Raise ConfigError on a bad option value."""
+        """Raise ConfigError on a bad combination of option values (each value alone was checked
+        by its option's rule already) and set up the codec's state."""
 
     def get_config(self) -> dict:
         return dict(self.config)
@@ -142,6 +149,48 @@ class Codec(ABC):
     def stream_specs(self, classes: int) -> dict[str, tuple[str, int]]:
         """Expected ``{stream name: (dtype, width)}``; the reader checks files against it."""
         raise NotImplementedError
+
+
+def check_classes(codec_id: str, classes) -> int:
+    """``classes`` (C) as an int within the format's bounds (2 .. MAX_CLASSES), else ConfigError."""
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) \
+            or not 2 <= classes <= limits.MAX_CLASSES:
+        raise ConfigError(f"{codec_id}: the number of classes must be 2 .. {limits.MAX_CLASSES:,}, got {classes!r}")
+    return int(classes)
+
+
+def check_decode_size(codec_id: str, rows: int, classes: int) -> None:
+    """Refuse a decode call whose float32 ``[rows, classes]`` result exceeds MAX_DECODE_BYTES
+    (checked before allocating; a request to split, not a damaged file)."""
+    check_classes(codec_id, classes)
+    if rows * classes * 4 > limits.MAX_DECODE_BYTES:
+        raise ConfigError(f"{codec_id}: decoding {rows:,} labels of {classes:,} classes is "
+                          f"{rows * classes * 4:,} bytes, over the {limits.MAX_DECODE_BYTES:,}-byte limit of "
+                          "one call: decode fewer labels at a time")
+
+
+def block_rows(classes: int) -> int:
+    """Rows of a ``[rows, classes]`` float32 working block of at most DECODE_BLOCK_BYTES."""
+    return max(1, limits.DECODE_BLOCK_BYTES // (4 * max(1, classes)))
+
+
+_EXPONENT = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFFFFFF, 0x7F800000),
+             8: (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether a float16/32/64 array holds no NaN and no infinity.  Tested on the bits (the
+    magnitude below the all-ones exponent), which costs a fraction of ``np.isfinite`` on float16."""
+    a = np.ascontiguousarray(values)
+    utype, magnitude, inf = _EXPONENT[a.dtype.itemsize]
+    bits = a.reshape(-1).view(utype)
+    step = 1 << 20
+    buf = np.empty(min(step, bits.size), dtype=utype)
+    for s in range(0, bits.size, step):
+        part = bits[s:s + step]
+        if np.bitwise_and(part, utype(magnitude), out=buf[:part.size]).max() >= inf:
+            return False
+    return True
 
 
 _REGISTRY: dict[str, type[Codec]] = {}

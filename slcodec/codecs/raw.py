@@ -5,8 +5,8 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
-from ..errors import ConfigError
-from .base import Codec, register
+from ..errors import ConfigError, FormatError
+from .base import Codec, all_finite, check_classes, check_decode_size, register
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
@@ -23,10 +23,20 @@ class _RawCodec(Codec):
         return {"values": values}
 
     def decode(self, streams, ctx):
-        return streams["values"].to(ctx.device, torch.float32)
+        values = streams["values"]
+        check_decode_size(self.codec_id, values.shape[0], values.shape[1])
+        if not ctx.streams_checked and not bool(torch.isfinite(values).all()):
+            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule="codec-streams")
+        return values.to(ctx.device, torch.float32)
+
+    def validate_streams(self, streams, classes):
+        # a writer never stores a non-finite value (encode refuses them), and a reader's softmax
+        # would turn one into a row of NaN
+        if not all_finite(np.asarray(streams["values"])):
+            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule="codec-streams")
 
     def stream_specs(self, classes):
-        return {"values": (self.dtype.name, classes)}
+        return {"values": (self.dtype.name, check_classes(self.codec_id, classes))}
 
 
 @register

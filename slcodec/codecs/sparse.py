@@ -40,14 +40,15 @@ Decoding (logits: log-values, normalised by the reader's softmax)
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from ..lazy_torch import lazy_import
 
+from .. import limits
 from ..errors import ConfigError, FormatError
-from .base import Codec, Context, Option, register
+from .base import Codec, Context, Option, block_rows, check_classes, check_decode_size, register
+from .rules import Choice, Float, Int
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
@@ -81,39 +82,26 @@ class SparseCodec(Codec):
     codec_id = "sparse"
     decode_owns_output = True
     options = (
-        Option("k", int, 8, "classes stored per label (the most probable, in decreasing order)"),
-        Option("step", float, 1 / 16, "quantization step of the stored log-probabilities (nats)"),
+        Option("k", int, 8, "classes stored per label (the most probable, in decreasing order)",
+               rule=Int(1, limits.MAX_CLASSES)),
+        Option("step", float, 1 / 16, "quantization step of the stored log-probabilities (nats)",
+               rule=Float(0.0, 4.0, lo_open=True)),
         Option("tail", str, "prior", "where the probability left over by the k classes goes: 'prior' "
                "(in proportion to a prior fitted on the set, C bytes) or 'uniform' (evenly, as FKD)",
-               choices=("prior", "uniform")),
-        Option("prior_step", float, 1.0, "quantization step of the stored 4-bit prior (nats; 16 levels)"),
+               choices=("prior", "uniform"), rule=Choice(("prior", "uniform"))),
+        Option("prior_step", float, 1.0, "quantization step of the stored 4-bit prior (nats; 16 levels)",
+               rule=Float(0.0, 4.0, lo_open=True)),
         Option("prior_classes", int, None, "list only the P classes with the most tail mass in the prior "
-               "(P ids + P/2 bytes; the rest share one level) instead of all C (C/2 bytes): for small files"),
-        Option("fit_sample", int, 100_000, "labels the prior is fitted on (evenly spaced)"),
+               "(P ids + P/2 bytes; the rest share one level) instead of all C (C/2 bytes): for small files",
+               rule=Int(1, limits.MAX_CLASSES, optional=True)),
+        Option("fit_sample", int, 100_000, "labels the prior is fitted on (evenly spaced)",
+               rule=Int(1, 1 << 40)),
     )
 
     def validate_config(self):
-        c = self.config
-        for name in ("k", "fit_sample", "prior_classes"):   # numpy integers from Python callers: plain ints
-            if isinstance(c[name], numbers.Integral) and not isinstance(c[name], bool):
-                c[name] = int(c[name])
-        if isinstance(c["k"], bool) or not isinstance(c["k"], int) or c["k"] < 1:
-            raise ConfigError(f"sparse: k must be a positive integer, got {c['k']!r}")
-        for name in ("step", "prior_step"):
-            v = c[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < float(v) <= 4.0):
-                raise ConfigError(f"sparse: {name} must be a number in (0, 4], got {v!r}")
-            c[name] = float(v)
-        if c["tail"] not in ("prior", "uniform"):
-            raise ConfigError("sparse: tail must be prior or uniform")
-        v = c["prior_classes"]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ConfigError(f"sparse: prior_classes must be a positive integer, got {v!r}")
-        if v is not None and c["tail"] != "prior":
+        # each value was checked by its option's rule (FORMAT.md, section sparse); the combinations here
+        if self.config["prior_classes"] is not None and self.config["tail"] != "prior":
             raise ConfigError("sparse: prior_classes needs tail='prior'")
-        v = c["fit_sample"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"sparse: fit_sample must be a positive integer, got {v!r}")
         self._prior = None        # uint8 levels as stored (packed)
         self._prior_ids = None    # the listed classes (prior_classes set), as stored
         self._prior_levels = None  # uint8 [C]: the prior's level of each class (None: no prior)
@@ -121,6 +109,7 @@ class SparseCodec(Codec):
         self._classes = None
 
     def _k(self, classes: int) -> int:
+        check_classes(self.codec_id, classes)
         k = self.config["k"]
         if k >= classes:
             raise ConfigError(f"sparse: k={k} must be smaller than the number of classes ({classes})")
@@ -289,19 +278,27 @@ class SparseCodec(Codec):
                 int(ids.min()) < 0 or int(ids.max()) >= C
                 or (k > 1 and bool((torch.sort(ids, dim=1).values.diff(dim=1) == 0).any()))):
             raise FormatError("sparse: class id out of range or repeated", rule="codec-streams")
+        check_decode_size(self.codec_id, n, C)
+        out = torch.empty((n, C), dtype=torch.float32, device=dev)
+        lw = None if self._log_w is None else self._log_w.to(dev)
+        br = block_rows(C)      # the [rows, C] temporaries of the prior tail, a block at a time
+        for s in range(0, n, br):
+            self._decode_block(ids[s:s + br], gaps[s:s + br], C, lw, out[s:s + br])
+        return out
+
+    def _decode_block(self, ids, gaps, C, lw, out):
+        n, k = ids.shape
         step = self.config["step"]
         l0 = -gaps[:, :1] * step
         top = torch.cat([l0, l0 - gaps[:, 1:] * step], dim=1)              # [n, k] log-probabilities
         log_rest = torch.log((1.0 - top.exp().sum(1, keepdim=True)).clamp_min(TAIL_FLOOR))
-        if self._log_w is None:
-            z = (log_rest - math.log(C - k)).expand(n, C).clone()
+        if lw is None:
+            out.copy_((log_rest - math.log(C - k)).expand(n, C))
         else:
-            lw = self._log_w.to(dev)
             a = (lw - lw.max()).expand(n, C)
             # the prior mass of the classes not stored, summed over them (a difference of sums
             # would lose it when k is close to C)
             left = a.exp().scatter(1, ids, 0.0).sum(1, keepdim=True).clamp_min(1e-30)
-            z = a + (log_rest - torch.log(left))
-        z = torch.minimum(z, top[:, -1:] - 0.5 * step)
-        z.scatter_(1, ids, top)
-        return z
+            torch.add(a, log_rest - torch.log(left), out=out)
+        torch.minimum(out, top[:, -1:] - 0.5 * step, out=out)
+        out.scatter_(1, ids, top)

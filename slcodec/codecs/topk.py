@@ -11,8 +11,10 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
+from .. import limits
 from ..errors import ConfigError, FormatError
-from .base import Codec, Option, register
+from .base import Codec, Option, all_finite, check_classes, check_decode_size, register
+from .rules import Int
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
 
@@ -21,13 +23,11 @@ torch = lazy_import("torch", globals())  # imported on first use: file checks ne
 class TopK(Codec):
     codec_id = "topk"
     decode_owns_output = True
-    options = (Option("k", int, 5, "topk: number of classes kept per label (FKD uses 5)"),)
-
-    def validate_config(self):
-        if not isinstance(self.config["k"], int) or self.config["k"] < 1:
-            raise ConfigError(f"topk: k must be a positive integer, got {self.config['k']!r}")
+    options = (Option("k", int, 5, "topk: number of classes kept per label (FKD uses 5)",
+                      rule=Int(1, limits.MAX_CLASSES)),)
 
     def _k(self, classes):
+        check_classes(self.codec_id, classes)
         k = self.config["k"]
         if k > classes:
             raise ConfigError(f"topk: k={k} exceeds the number of classes ({classes})")
@@ -47,14 +47,21 @@ class TopK(Codec):
         bits = probs.clamp_min(0.0).contiguous().view(torch.int32).to(torch.int64)
         key = (bits << 32) | (0xFFFFFFFF - torch.arange(probs.shape[1], device=probs.device))
         ids = torch.topk(key, k, dim=1, largest=True, sorted=True).indices
-        values = torch.gather(probs, 1, ids)
+        values = torch.gather(probs, 1, ids).cpu().numpy().astype(np.float16)
+        if not np.isfinite(values).all():
+            raise ConfigError("topk: a kept probability is NaN or beyond the float16 range "
+                              "(probabilities must be finite numbers <= 65504)")
         return {"ids": ids.cpu().numpy().astype(self._id_dtype(labels.shape[1])),
-                "values": values.cpu().numpy().astype(np.float16)}
+                "values": values}
 
     def decode(self, streams, ctx):
         ids = streams["ids"].to(ctx.device).long()
         values = streams["values"].to(ctx.device, torch.float32)
         classes, k = ctx.classes, ids.shape[1]
+        check_decode_size(self.codec_id, ids.shape[0], classes)
+        if not ctx.streams_checked and ids.numel() and (
+                int(ids.min()) < 0 or int(ids.max()) >= classes or not bool(torch.isfinite(values).all())):
+            raise FormatError("topk: a class id out of range or a value NaN or infinite", rule="codec-streams")
         rest = (1.0 - values.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(classes - k, 1)
         probs = rest.expand(ids.shape[0], classes).clone()
         probs.scatter_(1, ids, values)
@@ -65,6 +72,8 @@ class TopK(Codec):
         if ids.size and int(ids.max()) >= classes:
             raise FormatError(f"topk: class id {int(ids.max())} out of range (classes={classes})",
                               rule="codec-streams")
+        if not all_finite(np.asarray(streams["values"])):
+            raise FormatError("topk: a stored probability is NaN or infinite", rule="codec-streams")
 
     def decoded_kind(self, source_kind):
         return "probs"

@@ -97,8 +97,10 @@ import numpy as np
 
 from ..lazy_torch import lazy_import, no_grad
 
+from .. import limits
 from ..errors import ConfigError, FormatError
-from .base import Codec, Context, Option, register
+from .base import Codec, Context, Option, check_classes, check_decode_size, register
+from .rules import Choice, Float, FloatList, Int
 
 # imported on first use: the options, config rules and file checks need no torch
 torch = lazy_import("torch", globals())
@@ -116,6 +118,11 @@ TOP1_HINGE = 0.05          # rank_weight: margin (nats) the hinge asks of the tr
 IMAGE_BIAS_MAX_BITS = 1.0  # image_bias="auto": on when the [images, C] table costs <= this per label
 DECODE_TABLE_MAX_BYTES = 64 << 20  # decode by a logits table of all K**M code combinations up to this size
 DECODE_TABLE_MAX_MACS = 1 << 33    # ... and when building it (K**M rows through the decoder) costs at most this
+# config bounds (FORMAT.md, section vq)
+MAX_CODES, MAX_CODEBOOK = 4096, 65536   # M and K; K = 65536 keeps uint16 codes
+MAX_HIDDEN = 16384
+MAX_DECODER_LAYERS = 64
+MAX_MARGIN = 100.0         # nats: beyond ~100 the other classes' probabilities are already 0 in float32
 
 
 def _opt_int(s):
@@ -130,19 +137,24 @@ def _bool(s):
 
 def rate_for_bits(bits: float, codes=None, codebook_size=None) -> tuple[int, int]:
     """(M, K) for a nominal target of ``bits`` marginal bits per label (see module docstring)."""
-    idx_bits = max(1.0, float(bits) - ARGMAX_BITS)
+    bits = float(bits)
+    if not math.isfinite(bits):
+        raise ConfigError(f"vq: bits must be a finite number, got {bits!r}")
+    idx_bits = max(1.0, bits - ARGMAX_BITS)
+    # 2 ** (bits per code) beyond 17 is past the largest K anyway: capped before the power
+    # so that no bits value overflows
     if codes is None and codebook_size is None:
         m = max(1, round(idx_bits / 8.0))
-        k = round(2.0 ** (idx_bits / m))
+        k = round(2.0 ** min(idx_bits / m, 17.0))
     elif codes is None:
         m = max(1, round(idx_bits / math.log2(codebook_size)))
         k = codebook_size
     elif codebook_size is None:
         m = codes
-        k = round(2.0 ** (idx_bits / m))
+        k = round(2.0 ** min(idx_bits / m, 17.0))
     else:
         m, k = codes, codebook_size
-    return int(m), int(min(max(k, 2), 65536))
+    return int(m), int(min(max(k, 2), MAX_CODEBOOK))
 
 
 def nominal_bits(m: int, k: int) -> float:
@@ -390,6 +402,33 @@ def _lookup(cb, idx):
     return flat[idx.long() + offs]
 
 
+def _abs_colsum_bound(h: float, w: np.ndarray, b: np.ndarray) -> float:
+    """``max_j (h * sum_i |w[i, j]| + |b[j]|)`` in float64: a bound on ``|x @ w + b|`` for every
+    input with ``max |x_i| <= h`` (row blocks, so no float64 copy of a large w is made)."""
+    col = np.zeros(w.shape[1], dtype=np.float64)
+    step = max(1, (1 << 22) // max(1, w.shape[1]))
+    for i in range(0, w.shape[0], step):
+        col += np.abs(w[i:i + step]).sum(axis=0, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float((h * col + np.abs(b.astype(np.float64))).max())
+
+
+def logit_bound(params: dict, layers: int, margin: float) -> float:
+    """A bound on ``|z|`` for every decoded logit of a ``vq`` decoder (FORMAT.md, section vq): the
+    largest |codebook entry| carried through each layer by :func:`_abs_colsum_bound` (the tanh
+    GELU has ``|gelu(x)| <= |x|``; a residual block adds its output to its input), then the image
+    prior's largest |entry| and the margin of the top-1 fix.  A file whose bound exceeds
+    VQ_MAX_LOGIT_BOUND is rejected, so decoding in float32 can never overflow to inf or NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = _abs_colsum_bound(float(np.abs(params["codebooks"]).max()), params["w_in"], params["b_in"])
+        for i in range(layers):
+            h = h + _abs_colsum_bound(h, params[f"w_h{i}"], params[f"b_h{i}"])
+        z = _abs_colsum_bound(h, params["w_out"], params["b_out"])
+        if "image_bias" in params and params["image_bias"].size:
+            z += float(np.abs(params["image_bias"]).max())
+        return z + float(margin)
+
+
 class _Decoder:
     """The stored part: codebooks + decoder weights (trainable tensors in fp32 while fitting)."""
 
@@ -520,102 +559,78 @@ class VQCodec(Codec):
     codec_id = "vq"
     decode_owns_output = True
     options = (
-        Option("bits", float, 48.0, "nominal marginal bits per label: M*log2(K) + 2 (argmax budget)"),
-        Option("codes", _opt_int, None, "number of codes M per label (overrides --bits)"),
-        Option("codebook_size", _opt_int, None, "entries K per codebook (overrides --bits)"),
-        Option("code_dim", int, 8, "dimension of each latent vector / codebook entry"),
+        Option("bits", float, 48.0, "nominal marginal bits per label: M*log2(K) + 2 (argmax budget)",
+               rule=Float(ARGMAX_BITS, MAX_CODES * 16 + ARGMAX_BITS, lo_open=True)),
+        Option("codes", _opt_int, None, "number of codes M per label (overrides --bits)",
+               rule=Int(1, MAX_CODES, optional=True)),
+        Option("codebook_size", _opt_int, None, "entries K per codebook (overrides --bits)",
+               rule=Int(2, MAX_CODEBOOK, optional=True)),
+        Option("code_dim", int, 8, "dimension of each latent vector / codebook entry",
+               rule=Int(1, 1024)),
         Option("hidden", _opt_int, None, "decoder (and encoder) hidden width (default: 256 for >= 256 "
-               "classes, 64 below: measured on Fashion-MNIST, C=10, a 256-wide decoder costs more than the labels)"),
-        Option("encoder_hidden", _opt_int, None, "encoder hidden width (not stored; default: hidden)"),
-        Option("decoder_layers", int, 1, "residual hidden blocks of the decoder"),
+               "classes, 64 below: measured on Fashion-MNIST, C=10, a 256-wide decoder costs more than the labels)",
+               rule=Int(1, MAX_HIDDEN, optional=True)),
+        Option("encoder_hidden", _opt_int, None, "encoder hidden width (not stored; default: hidden)",
+               rule=Int(1, MAX_HIDDEN, optional=True)),
+        Option("decoder_layers", int, 1, "residual hidden blocks of the decoder",
+               rule=Int(0, MAX_DECODER_LAYERS)),
         Option("temperature", float, [1.0, 4.0], "training temperature(s) of the student; the loss is "
-               "sum_T T^2 KL(p_T || q_T)", nargs="+"),
-        Option("margin", float, 0.01, "decoded logit[argmax] exceeds the others by at least this (nats)"),
+               "sum_T T^2 KL(p_T || q_T)", nargs="+",
+               rule=FloatList(Float(1e-6, 1e6), 1, 16)),
+        Option("margin", float, 0.01, "decoded logit[argmax] exceeds the others by at least this (nats)",
+               rule=Float(0.0, MAX_MARGIN)),
         Option("top1_rule", str, "lift", "how decoding makes the stored top-1 class the argmax: lift its logit "
                "to the decoder's maximum + margin (default), or swap it with the maximum",
-               choices=("swap", "lift")),
-        Option("fit_sample", int, 100_000, "fit on at most this many labels (deterministic subsample)"),
-        Option("steps", int, 3000, "training steps (warmup + VQ + finetune)"),
-        Option("train_batch", int, 512, "training batch size (labels per step)"),
-        Option("lr", float, 2e-3, "Adam learning rate (cosine decay)"),
-        Option("warmup", float, 0.1, "fraction of steps as a plain autoencoder before k-means init"),
-        Option("finetune", float, 0.25, "fraction of steps refitting the decoder on frozen indices"),
-        Option("param_dtype", str, "float16", "dtype of stored codebooks/decoder", choices=("float16", "float32")),
+               choices=("swap", "lift"),
+               rule=Choice(("swap", "lift"))),
+        Option("fit_sample", int, 100_000, "fit on at most this many labels (deterministic subsample)",
+               rule=Int(1, 1 << 40)),
+        Option("steps", int, 3000, "training steps (warmup + VQ + finetune)",
+               rule=Int(1, 1 << 30)),
+        Option("train_batch", int, 512, "training batch size (labels per step)",
+               rule=Int(1, 1 << 20)),
+        Option("lr", float, 2e-3, "Adam learning rate (cosine decay)",
+               rule=Float(0.0, 10.0, lo_open=True)),
+        Option("warmup", float, 0.1, "fraction of steps as a plain autoencoder before k-means init",
+               rule=Float(0.0, 1.0, hi_open=True)),
+        Option("finetune", float, 0.25, "fraction of steps refitting the decoder on frozen indices",
+               rule=Float(0.0, 1.0, hi_open=True)),
+        Option("param_dtype", str, "float16", "dtype of stored codebooks/decoder", choices=("float16", "float32"),
+               rule=Choice(("float16", "float32"))),
         Option("encoder_input", str, "auto", "encoder first layer: dense over C, or embedding-bag of top-k",
-               choices=("auto", "dense", "topk")),
-        Option("topk_input", int, 64, "classes fed to a top-k encoder"),
-        Option("batch_rows", int, 8192, "rows per batch when encoding/decoding"),
+               choices=("auto", "dense", "topk"),
+               rule=Choice(("auto", "dense", "topk"))),
+        Option("topk_input", int, 64, "classes fed to a top-k encoder",
+               rule=Int(1, 65536)),
+        Option("batch_rows", int, 8192, "rows per batch when encoding/decoding",
+               rule=Int(1, 1 << 24)),
         Option("image_bias", str, "auto", "per-image prior: store each image's mean log-probabilities "
                "([images, C], param_dtype) and code only what each view adds to it; auto: on when the "
                "labels are [images, augmentations, C] and the table costs <= 1 bit per label "
                "(16*C/augmentations, e.g. C=10 with 300 views); needs the per-image means of the whole set, "
                "which slcodec.encode computes (Writer users: Writer.set_image_means)",
-               choices=("auto", "on", "off")),
+               choices=("auto", "on", "off"),
+               rule=Choice(("auto", "on", "off"))),
         Option("rank_weight", float, 0.0, "fitting only: weight of a hinge loss that ranks the teacher's top "
-               "class first in the decoder's own logits (fewer top-1 fix-ups: smaller top1 stream, faster decode)"),
-        Option("fit_threads", int, 1, "torch CPU threads while fitting (0: leave as is); restored after"),
+               "class first in the decoder's own logits (fewer top-1 fix-ups: smaller top1 stream, faster decode)",
+               rule=Float(0.0, 1e6)),
+        Option("fit_threads", int, 0, "torch CPU threads while fitting, restored after (0: torch's own "
+               "count, normally one per core; 1 or 2 on a machine shared with other jobs)",
+               rule=Int(0, 4096)),
     )
 
     # ------------------------------------------------------------------ config
     def validate_config(self):
+        # each value was checked by its option's rule (FORMAT.md, section vq); the combinations here
         c = self.config
-        t = c["temperature"]
-        if isinstance(t, (int, float)):
-            t = [t]
-        try:
-            t = [float(v) for v in t]
-        except (TypeError, ValueError):
-            raise ConfigError(f"vq: temperature must be a list of numbers, got {c['temperature']!r}") from None
-        if not t or any(not (v > 0 and math.isfinite(v)) for v in t):
-            raise ConfigError(f"vq: temperatures must be positive, got {t}")
-        c["temperature"] = t
-        for name in ("codes", "codebook_size", "encoder_hidden", "hidden", "code_dim", "fit_sample", "steps",
-                     "train_batch", "topk_input", "batch_rows", "decoder_layers", "fit_threads"):
-            if c[name] is not None:
-                try:
-                    if isinstance(c[name], bool) or float(c[name]) != int(c[name]):
-                        raise ValueError
-                    c[name] = int(c[name])
-                except (TypeError, ValueError, OverflowError):
-                    raise ConfigError(f"vq: {name} must be an integer, got {c[name]!r}") from None
-        if c["hidden"] is not None and c["hidden"] < 1:
-            raise ConfigError("vq: hidden must be >= 1")
-        for name in ("code_dim", "fit_sample", "steps", "train_batch",
-                     "topk_input", "batch_rows"):
-            if c[name] is None or c[name] < 1:
-                raise ConfigError(f"vq: {name} must be >= 1, got {c[name]}")
-        if c["decoder_layers"] is None or c["decoder_layers"] < 0:
-            raise ConfigError("vq: decoder_layers must be >= 0")
-        if c["fit_threads"] is None or c["fit_threads"] < 0:
-            raise ConfigError("vq: fit_threads must be >= 0")
-        for name in ("bits", "margin", "lr", "warmup", "finetune", "rank_weight"):
-            try:
-                c[name] = float(c[name])
-            except (TypeError, ValueError):
-                raise ConfigError(f"vq: {name} must be a number, got {c[name]!r}") from None
-        if not (c["rank_weight"] >= 0 and math.isfinite(c["rank_weight"])):
-            raise ConfigError(f"vq: rank_weight must be >= 0, got {c['rank_weight']}")
-        if not c["bits"] > ARGMAX_BITS:
-            raise ConfigError(f"vq: bits must exceed {ARGMAX_BITS} (the argmax budget), got {c['bits']}")
-        if c["encoder_hidden"] is not None and c["encoder_hidden"] < 1:
-            raise ConfigError("vq: encoder_hidden must be >= 1")
-        if c["codes"] is not None and not 1 <= c["codes"] <= 4096:
-            raise ConfigError(f"vq: codes must be in 1..4096, got {c['codes']}")
-        if c["codebook_size"] is not None and not 2 <= c["codebook_size"] <= 65536:
-            raise ConfigError(f"vq: codebook_size must be in 2..65536, got {c['codebook_size']}")
-        if not c["margin"] >= 0:
-            raise ConfigError("vq: margin must be >= 0")
-        if c["top1_rule"] not in ("swap", "lift"):
-            raise ConfigError("vq: top1_rule must be swap or lift")
-        if not (0 <= c["warmup"] < 1 and 0 <= c["finetune"] < 1 and c["warmup"] + c["finetune"] < 1):
+        if c["warmup"] + c["finetune"] >= 1:
             raise ConfigError("vq: warmup and finetune are fractions of steps with warmup + finetune < 1")
-        if c["param_dtype"] not in ("float16", "float32"):
-            raise ConfigError("vq: param_dtype must be float16 or float32")
-        if c["encoder_input"] not in ("auto", "dense", "topk"):
-            raise ConfigError("vq: encoder_input must be auto, dense or topk")
-        if c["image_bias"] not in ("auto", "on", "off"):
-            raise ConfigError("vq: image_bias must be auto, on or off")
         self.M, self.K = rate_for_bits(c["bits"], c["codes"], c["codebook_size"])
+        if not (1 <= self.M <= MAX_CODES and 2 <= self.K <= MAX_CODEBOOK):
+            raise ConfigError(f"vq: bits {c['bits']:g} gives M={self.M} codes of K={self.K} entries "
+                              f"(at most {MAX_CODES} codes of 2 .. {MAX_CODEBOOK} entries)")
+        if c["hidden"] is not None:
+            self._check_code_table(c["hidden"])
         self._params_np = None    # stored parameters (param_dtype numpy), decoder and codebooks
         self._dec_t = None        # _Decoder of them (float32 torch), built on first use
         self._fast = {}           # device -> _FastDecoder
@@ -627,6 +642,13 @@ class VQCodec(Codec):
         self._bias_t = None       # that table as float32 torch [images, C], built on first use
         self._bias_dev = {}       # device -> that table
         self._augs = None         # augmentations per image (labels.shape[1]) when image_bias is on
+
+    def _check_code_table(self, hidden):
+        """The first-layer table a reader builds (``[M * K, hidden]`` float32) within its cap."""
+        size = self.M * self.K * hidden * 4
+        if size > limits.VQ_MAX_CODE_TABLE_BYTES:
+            raise ConfigError(f"vq: M * K * hidden * 4 = {size:,} bytes (M={self.M}, K={self.K}, hidden={hidden}) "
+                              f"exceeds the {limits.VQ_MAX_CODE_TABLE_BYTES:,}-byte limit of the decoder's code table")
 
     @property
     def nominal_bits(self) -> float:
@@ -727,8 +749,8 @@ class VQCodec(Codec):
         threads = self.config["fit_threads"]
         prev = torch.get_num_threads()
         if threads and ctx.device == "cpu" and threads != prev:
-            torch.set_num_threads(threads)     # restored below; small per-step ops gain little from
-            try:                               # more threads and suffer badly under CPU contention
+            torch.set_num_threads(threads)     # restored below; fewer threads help only when other
+            try:                               # jobs compete for the cores (BENCHMARKS.md: fit threads)
                 return self._fit(labels, ctx)
             finally:
                 torch.set_num_threads(prev)
@@ -767,6 +789,7 @@ class VQCodec(Codec):
             x_in = x
         if cfg["hidden"] is None:  # resolved here, so the stored config names the width decoding needs
             cfg["hidden"] = SMALL_C_HIDDEN if C < SMALL_C else DEFAULT_HIDDEN
+            self._check_code_table(cfg["hidden"])
         M, K, d, H = self.M, self.K, cfg["code_dim"], cfg["hidden"]
         temps = cfg["temperature"]
         mode = cfg["encoder_input"]
@@ -883,6 +906,8 @@ class VQCodec(Codec):
                             ema_sum[dead] = newv * (B / K)
             if s % 100 == 0 or s == n_warm + n_vq - 1:
                 history.append([s, loss.item()] + [p.item() for p in parts])
+            if ctx.progress:   # the loss as last recorded: reading it every step would sync a GPU
+                ctx.progress(s + 1, steps, f"vq fit: loss {history[-1][1]:.4f}")
         if cb is None:   # no VQ steps at all (tiny configs): initialise from k-means
             cb = self._kmeans(enc, x_in, K, g, gc, dev)
 
@@ -908,6 +933,8 @@ class VQCodec(Codec):
             opt2.step()
             if s % 100 == 0 or s == n_ft - 1:
                 history.append([n_warm + n_vq + s, loss.item()] + [p.item() for p in parts])
+            if ctx.progress:
+                ctx.progress(n_warm + n_vq + s + 1, steps, f"vq fit: loss {history[-1][1]:.4f}")
 
         # round to the stored dtype so that the fitting process decodes exactly as a reader will
         pdt = getattr(np, cfg["param_dtype"])
@@ -1011,6 +1038,8 @@ class VQCodec(Codec):
         if ctx.classes and ctx.classes != C:
             raise FormatError(f"vq: parameters are for {C} classes, the file has {ctx.classes}",
                               rule="codec-params")
+        check_classes(self.codec_id, C)
+        # every bound of the config was checked already (decoder_layers <= 64: a few shapes to list)
         want = _Decoder.shapes(C, M, K, d, H, L)
         ib = cfg["image_bias"]
         if ib == "auto":   # a codec built in code (a file's config says on or nothing): the params tell
@@ -1036,6 +1065,11 @@ class VQCodec(Codec):
             if not np.isfinite(a).all():
                 raise FormatError(f"vq: parameter {k!r} has non-finite values", rule="codec-params")
             clean[k] = np.ascontiguousarray(a)
+        bound = logit_bound(clean, L, cfg["margin"])
+        if not bound <= limits.VQ_MAX_LOGIT_BOUND:   # also catches NaN from inf * 0
+            raise FormatError(f"vq: the decoder's weights allow logits up to {bound:.3g}, beyond the "
+                              f"{limits.VQ_MAX_LOGIT_BOUND:g} a reader accepts (float32 would overflow)",
+                              rule="codec-params")
         self._classes = C
         bias = clean.pop("image_bias", None)
         self._set_decoder(clean)
@@ -1074,8 +1108,10 @@ class VQCodec(Codec):
         return {"top1": top1, "codes": codes}
 
     def _batch_rows(self):
-        """Rows per encode/decode batch: ``batch_rows``, capped so a [rows, C] float32 block is <= 64 MiB."""
-        return max(1, min(self.config["batch_rows"], (1 << 24) // max(1, self._classes or 1)))
+        """Rows per encode/decode batch: ``batch_rows``, capped so that a [rows, C] float32 block (and a
+        [rows, hidden] one) is at most DECODE_BLOCK_BYTES."""
+        widest = max(1, self._classes or 1, self.config["hidden"] or 1)
+        return max(1, min(self.config["batch_rows"], limits.DECODE_BLOCK_BYTES // (4 * widest)))
 
     def _fast_for(self, dev):
         key = str(dev)
@@ -1110,6 +1146,7 @@ class VQCodec(Codec):
         v = torch.as_tensor(streams["top1"]).to(dev).reshape(-1).long()
         idx = torch.as_tensor(streams["codes"]).to(dev).long()
         n = v.shape[0]
+        check_decode_size(self.codec_id, n, self._classes)
         if idx.shape != (n, self.M):
             raise FormatError(f"vq: codes stream is {list(idx.shape)}, expected [{n}, {self.M}]",
                               rule="codec-streams")
