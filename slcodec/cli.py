@@ -189,10 +189,8 @@ def cmd_decode(args):
     fmt = args.format or {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}.get(os.path.splitext(args.output)[1].lower(), "pt")
     with api.open(args.input) as reader:
         values = reader.decode(None, device=args.device, as_=args.as_, temperature=args.temperature).cpu()
-    folder = os.path.dirname(os.path.abspath(args.output))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(args.output) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    from .atomic import atomic_path
+    with atomic_path(args.output) as tmp:  # complete or absent; the mode a plain open() gives
         if fmt == "pt":
             import torch
             torch.save(values, tmp)
@@ -203,13 +201,6 @@ def cmd_decode(args):
             import h5py
             with h5py.File(tmp, "w") as f:
                 f.create_dataset(args.as_, data=values.numpy())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, args.output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     if not args.quiet:
         print(f"wrote {args.output}: {list(values.shape)} {args.as_} ({fmt})", file=sys.stderr)
     return EXIT_OK

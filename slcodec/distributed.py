@@ -67,7 +67,7 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
 
     from .api import default_codec, resolve_device
     from .inputs import LabelSource, as_source
-    from .shards import ShardSetWriter
+    from .shards import ShardSetWriter, new_write_token
     from .writer import RowReader, Writer, encode_block_rows, image_log_prob_sums
 
     dist = _dist()
@@ -130,7 +130,7 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
         header = writer._header()
         header["labels"].update(count=n, shape=list(src.shape))
         params = writer.codec.get_params()
-        sset = ShardSetWriter(path, header, params)
+        sset = ShardSetWriter(path, header, params, token=gather(new_write_token())[0])  # rank 0's, for every rank
         hashes = gather(sset.params_hash)
         if len(set(hashes)) != 1:
             raise RuntimeError(f"ranks fitted different codecs (params sha256 {hashes}); "

@@ -27,3 +27,7 @@ class InputError(SlcodecError):
 
 class ConfigError(SlcodecError):
     """A codec option or API argument is invalid."""
+
+
+class SetReplacedError(SlcodecError):
+    """A sharded set was replaced by a new one while it was being read: not damage; open it again."""

@@ -34,8 +34,6 @@ import math
 import os
 import pickle
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -670,18 +668,12 @@ def export_folder(vqsl_path, folder, layout: str | None = None, *, device: str =
             raise ConfigError(f"export layout must be one of {', '.join(EXPORT_LAYOUTS)}, got {layout!r}")
         if (layout == "fkd") != (record["layout"] == "fkd"):
             raise ConfigError(f"{vqsl_path}: holds a {record['layout']} record, which cannot be written as {layout}")
-        tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(folder)) + ".")
-        try:
+        from .atomic import atomic_folder
+        with atomic_folder(folder) as tmp:  # complete or absent; the mode a plain mkdir gives
             if layout == "fkd":
                 _export_fkd(reader, record, fields, tmp, device, progress)
             else:
                 _export_batches(reader, record, fields, tmp, device, progress)
-            if os.path.isdir(folder):
-                os.rmdir(folder)  # empty, checked above
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return folder
 
 

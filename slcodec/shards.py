@@ -1,14 +1,17 @@
 """Sharded label sets (format 1.1): a manifest plus shard files, no torch (see FORMAT.md).
 
 A set named ``NAME.vqsl`` is the manifest ``NAME.vqsl`` (codec parameters, augmentation and
-provenance records, and the ``shards`` table) and the shards ``NAME-00000.vqsl``,
-``NAME-00001.vqsl``, ... beside it (the label streams of consecutive label ranges).
+provenance records, and the ``shards`` table) and the shards ``NAME-TOKEN-00000.vqsl``,
+``NAME-TOKEN-00001.vqsl``, ... beside it (the label streams of consecutive label ranges);
+``TOKEN`` is 8 random hex digits, new for every write, so a write never touches the files of
+the set it replaces until its manifest is in place (sets written before used ``NAME-00000.vqsl``;
+a reader uses whatever names the manifest lists).
 
 * :func:`params_sha256` - the hash that ties shards to their manifest's codec parameters;
 * :func:`read_shard_table`, :func:`open_shard` - the checks a reader makes (cheap: sizes,
   header CRCs, header fields); :func:`verify_set` adds the full sha256 of every shard;
 * :class:`ShardSetWriter` - writes shards and the manifest to temporary files and renames
-  them into place, shards first, manifest last;
+  them into place, shards first, manifest last, then removes the replaced set's shards;
 * :func:`merge`, :func:`split` - between a sharded set and a single file, copying stream rows
   (no re-encoding: the labels decode identically).
 """
@@ -17,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
+import secrets
 import struct
 
 import numpy as np
 
 from . import __version__, schema
+from .atomic import remove_stale_temps
 from .container import FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, Container, ContainerWriter, SpooledStreamBuilder
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, SetReplacedError
 
 SHARDS_VERSION = 1
 PARAMS_HASH_TAG = b"vqsl-params-sha256-v1\0"
@@ -69,11 +75,42 @@ def file_sha256(path) -> str:
             h.update(block)
 
 
-def shard_file_name(manifest_path, index: int) -> str:
-    """``NAME-00000.vqsl`` for manifest ``NAME.vqsl`` (the base name, no folder)."""
+def _stem(manifest_path) -> str:
     base = os.path.basename(os.fspath(manifest_path))
-    stem = base[:-len(".vqsl")] if base.endswith(".vqsl") and len(base) > 5 else base
-    return f"{stem}-{index:05d}.vqsl"
+    return base[:-len(".vqsl")] if base.endswith(".vqsl") and len(base) > 5 else base
+
+
+def new_write_token() -> str:
+    """The per-write part of shard names: 8 random hex digits."""
+    return secrets.token_hex(4)
+
+
+def shard_file_name(manifest_path, index: int, token: str | None = None) -> str:
+    """``NAME-TOKEN-00000.vqsl`` for manifest ``NAME.vqsl`` (the base name, no folder);
+    ``NAME-00000.vqsl`` without a token (the naming of sets written before tokens)."""
+    if token is not None and not re.fullmatch(r"[0-9a-f]{8}", token):
+        raise ValueError(f"a write token is 8 lowercase hex digits, got {token!r}")
+    return f"{_stem(manifest_path)}-{'' if token is None else token + '-'}{index:05d}.vqsl"
+
+
+def _shard_name_pattern(manifest_path, tokened_only: bool = False):
+    token = "[0-9a-f]{8}-" if tokened_only else "(?:[0-9a-f]{8}-)?"
+    return re.compile(re.escape(_stem(manifest_path)) + "-" + token + r"[0-9]{5,}\.vqsl")
+
+
+def set_file_names(manifest_path):
+    """A predicate: is a base name the manifest's or a shard's of the set ``manifest_path``
+    (in slcodec's naming, with or without a write token)?"""
+    base = os.path.basename(os.fspath(manifest_path))
+    shard = _shard_name_pattern(manifest_path)
+    return lambda name: name == base or shard.fullmatch(name) is not None
+
+
+def remove_stale_set_temps(manifest_path) -> list[str]:
+    """Remove the temporary files that killed writers (dead processes of this host) left for
+    the output ``manifest_path``: its own temporary files and those of its shards."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(manifest_path)))
+    return remove_stale_temps(folder, set_file_names(manifest_path))
 
 
 def _plain_file_name(name: str) -> bool:
@@ -129,19 +166,43 @@ def open_shard(m: Container, entries: list[dict], k: int) -> Container:
     size, header CRC, header fields; the full sha256 is :func:`verify_set`'s)."""
     e = entries[k]
     path = shard_path(m, e)
-    if not os.path.isfile(path):
-        raise FormatError(f"{m.path}: shard {k} ({e['file']}) is missing", rule="shard-missing")
-    size = os.path.getsize(path)
-    if size != e["bytes"]:
-        raise FormatError(f"{m.path}: shard {k} ({e['file']}) is {size} bytes, the manifest says {e['bytes']}",
-                          rule="shard-mismatch")
-    c = Container.open(path)
     try:
-        check_shard(m, e, k, c)
-    except BaseException:
-        c.close()
+        if not os.path.isfile(path):
+            raise FormatError(f"{m.path}: shard {k} ({e['file']}) is missing", rule="shard-missing")
+        size = os.path.getsize(path)
+        if size != e["bytes"]:
+            raise FormatError(f"{m.path}: shard {k} ({e['file']}) is {size} bytes, the manifest says {e['bytes']}",
+                              rule="shard-mismatch")
+        c = Container.open(path)
+        try:
+            check_shard(m, e, k, c)
+        except BaseException:
+            c.close()
+            raise
+    except FormatError as exc:
+        if manifest_replaced(m):
+            raise SetReplacedError(f"{m.path}: the sharded set was replaced while it was being read (shard {k}, "
+                                   f"{e['file']}, no longer belongs to the manifest opened); open it again") from exc
         raise
     return c
+
+
+def manifest_replaced(m: Container) -> bool:
+    """Whether the file at ``m.path`` is no longer the manifest ``m`` was opened from (a new
+    set was renamed over it, or it was removed).  A writer renames a new manifest into place
+    last and then removes the shards of the set it replaced, so a reader that opens a shard
+    after that finds it gone: that is a replaced set, not a damaged one."""
+    f = getattr(m, "_file", None)
+    if f is None or f.closed:
+        return False
+    try:
+        opened = os.fstat(f.fileno())
+        now = os.stat(m.path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino)
 
 
 def check_shard(m: Container, e: dict, k: int, c: Container) -> None:
@@ -201,19 +262,25 @@ class ShardSetWriter:
 
     ``header``: the set's header without sections: ``labels`` of the whole set, ``codec``
     (``id``, ``config``, ``info``), ``created_by``.  ``params``: the codec's parameter arrays.
-    Until :meth:`publish` nothing at the final names changes; :meth:`abort` removes the
-    temporary files.  A crash between the shard renames and the manifest rename leaves the old
-    manifest (if any) beside new shards: a reader rejects that (``shard-mismatch``: header CRC)
-    rather than decoding the wrong labels."""
+    Shard files are named with ``token`` (default: a new random one; the ranks of a
+    distributed write share rank 0's), so they never have the name of a shard of the set being
+    replaced: until the manifest is renamed into place a reader sees the old set whole, after
+    it the new one (whose manifest names only new files).  :meth:`abort` removes the temporary
+    files.  A crash between the shard renames and the manifest rename leaves the old set intact
+    beside new shard files that no manifest names; the next write of the set removes them, as
+    it removes the temporary files of writers that were killed."""
 
-    def __init__(self, path, header: dict, params: dict):
+    def __init__(self, path, header: dict, params: dict, token: str | None = None):
         self.path = os.fspath(path)
         self.folder = os.path.dirname(os.path.abspath(self.path))
         self.header = header
         self.params = dict(params)
         self.params_hash = params_sha256(self.params)
+        self.token = new_write_token() if token is None else token
+        shard_file_name(self.path, 0, self.token)  # checks the token
         self._shards: list[ContainerWriter] = []
         self._manifest: ContainerWriter | None = None
+        remove_stale_set_temps(self.path)
 
     def shard_header(self, index: int, start: int, count: int) -> dict:
         lab = dict(self.header["labels"])
@@ -226,7 +293,7 @@ class ShardSetWriter:
     def write_shard(self, index: int, start: int, count: int, streams: dict) -> dict:
         """Write shard ``index`` holding labels ``[start, start+count)`` from stream builders
         ``{name: builder}``; returns its manifest entry."""
-        cw = ContainerWriter(os.path.join(self.folder, shard_file_name(self.path, index)))
+        cw = ContainerWriter(os.path.join(self.folder, shard_file_name(self.path, index, self.token)))
         self._shards.append(cw)
         for name, builder in streams.items():
             if builder.rows != count:
@@ -262,8 +329,16 @@ class ShardSetWriter:
     def publish_manifest(self) -> None:
         old = _old_shard_files(self.path)
         self._manifest.publish()
-        keep = {os.path.basename(cw.path) for cw in self._shards}
-        for name in old - keep:  # shards of the replaced set that the new one does not reuse
+        keep = ({e["file"] for e in _table_of(self._manifest.path)}
+                or {os.path.basename(cw.path) for cw in self._shards})
+        # shards of the replaced set, and shards of writes killed before their manifest was
+        # renamed (tokened names no manifest lists): never a file the new manifest names
+        orphan = _shard_name_pattern(self.path, tokened_only=True)
+        try:
+            here = {n for n in os.listdir(self.folder) if orphan.fullmatch(n)}
+        except OSError:
+            here = set()
+        for name in (old | here) - keep:
             try:
                 os.unlink(os.path.join(self.folder, name))
             except OSError:
@@ -280,13 +355,17 @@ class ShardSetWriter:
                 cw.abort()
 
 
-def _old_shard_files(path) -> set:
-    """Shard files of the valid manifest at ``path`` (if any), to remove once it is replaced."""
+def _table_of(path) -> list:
     try:
         with Container.open(path) as m:
-            return {e["file"] for e in read_shard_table(m)}
+            return read_shard_table(m)
     except (OSError, FormatError):
-        return set()
+        return []
+
+
+def _old_shard_files(path) -> set:
+    """Shard files of the valid manifest at ``path`` (if any), to remove once it is replaced."""
+    return {e["file"] for e in _table_of(path)}
 
 
 def _copy_stream(builder, reader, start: int, stop: int) -> None:
@@ -409,4 +488,4 @@ def split(path, out_manifest, shards: int | None = None, shard_rows: int | None 
 
 
 __all__ = ["params_sha256", "read_shard_table", "open_shard", "verify_set", "ShardSetWriter", "merge", "split",
-           "shard_file_name"]
+           "shard_file_name", "new_write_token", "manifest_replaced", "remove_stale_set_temps"]

@@ -121,6 +121,8 @@ class Writer:
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"{self.path}: is a folder")
         self.folder = folder
+        from .shards import remove_stale_set_temps
+        remove_stale_set_temps(self.path)  # what writers of this output that were killed left behind
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
             raise ConfigError(f"classes must be an integer >= 2, got {classes!r}")
         self.classes = int(classes)

@@ -388,3 +388,134 @@ def test_encode_block_rows():
     assert writer_mod.encode_block_rows(1000, 100) == 100
     assert writer_mod.encode_block_rows(10, 65536) == 65536
     assert writer_mod.encode_block_rows(1 << 24, 65536) == 1
+
+
+# --------------------------------------------------------------------------- outputs: temporaries and permissions
+def _cli(*args, umask=None, prelude="", cwd=None):
+    """Run the command line in a fresh interpreter (optionally under ``umask``, after ``prelude``)."""
+    env = dict(os.environ)
+    env.pop("SLCODEC_DEBUG", None)
+    code = prelude + "\nimport sys\nfrom slcodec.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300, preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+
+
+def _hidden(folder):
+    return sorted(n for n in os.listdir(folder) if n.startswith("."))
+
+
+# A full disk, as a BufferedWriter meets it: every write of the file's raw stream fails with
+# ENOSPC, so bytes stay buffered and the flush in close() fails again.
+FULL_DISK = textwrap.dedent("""
+    import errno, io, os
+    class _FullRaw(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    _fdopen = os.fdopen
+    def _full_fdopen(fd, mode="r", *args, **kwargs):
+        if "b" in mode and os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            return io.BufferedRandom(_FullRaw(fd, "r+"))
+        return _fdopen(fd, mode, *args, **kwargs)
+    os.fdopen = _full_fdopen
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_full_disk_during_encode_leaves_the_old_output_and_no_temporary_file(tmp_path):
+    src = tmp_path / "x.npy"
+    np.save(src, make_logits((40, 8)))
+    out = tmp_path / "out.vqsl"
+    out.write_bytes(b"precious")
+    r = _cli("encode", src, "-o", out, "--codec", "fp16", "-q", prelude=FULL_DISK)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"precious"
+    assert _hidden(tmp_path) == []  # the temporary file is removed though closing it failed
+
+
+def test_a_killed_sharded_encode_leaves_temporaries_the_next_encode_removes(tmp_path):
+    out = tmp_path / "set.vqsl"
+    src = tmp_path / "x.npy"
+    np.save(src, make_logits((35, 8)))
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np, slcodec
+        w = slcodec.Writer({str(out)!r}, "fp16", classes=8, shard_rows=10)
+        w.append(np.load({str(src)!r}))  # three complete shards, in temporary files until close
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    stale = _hidden(tmp_path)
+    assert len(stale) == 3 and all(n.startswith(".set-") and n.endswith(".tmp") for n in stale), stale
+    # temporaries that must stay: a live process's (this one), and names of no known scheme
+    from slcodec.atomic import temp_name
+    live = tmp_path / temp_name("set-0123abcd-00000.vqsl")
+    live.write_bytes(b"in progress")
+    other = tmp_path / ".set.vqsl.abc123.tmp"
+    other.write_bytes(b"someone else's")
+    r = _cli("encode", src, "-o", out, "--codec", "fp16", "--shard-rows", "20", "-q")
+    assert r.returncode == 0, r.stderr
+    assert _hidden(tmp_path) == sorted([live.name, other.name])
+    with slcodec.open(str(out)) as reader:
+        assert len(reader.entries) == 2
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "set.vqsl", "x.npy",
+                                                       *[e["file"] for e in reader.entries]])
+
+
+def test_aborting_after_a_failed_flush_removes_the_temporary_file(tmp_path):
+    import errno
+
+    class FullDisk:
+        """A file object whose buffered bytes can never be written."""
+        def __init__(self, f):
+            self.f, self.closed = f, False
+
+        def write(self, b):
+            return len(b)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.f.close()
+            self.closed = True
+            self.flush()
+
+    w = ContainerWriter(str(tmp_path / "out.vqsl"))
+    w._f = w._out.file = FullDisk(w._f)
+    w.add_array("a", np.zeros(4, np.float32))
+    assert len(os.listdir(tmp_path)) == 1
+    w.abort()  # the write failed: throw away what was made, whatever closing says
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_output_gets_the_mode_a_plain_open_gives(tmp_path, umask):
+    src = tmp_path / "x.npy"
+    np.save(src, make_logits((6, 8)))
+    vq = tmp_path / "x.vqsl"
+    assert _cli("encode", src, "-o", vq, "--codec", "fp16", "-q", umask=umask).returncode == 0
+    want = 0o666 & ~umask
+    assert os.stat(vq).st_mode & 0o777 == want
+    for name in ("d.pt", "d.npy", "d.h5"):
+        r = _cli("decode", vq, "-o", tmp_path / name, "-q", umask=umask)
+        assert r.returncode == 0, r.stderr
+        assert os.stat(tmp_path / name).st_mode & 0o777 == want, name
+    # a replaced output keeps its mode, as a truncating open() would
+    os.chmod(tmp_path / "d.npy", 0o604)
+    assert _cli("decode", vq, "-o", tmp_path / "d.npy", "-q", umask=umask).returncode == 0
+    assert os.stat(tmp_path / "d.npy").st_mode & 0o777 == 0o604
+    # an exported folder gets what a plain mkdir gives
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        from test_importers import make_sre2l
+    finally:
+        sys.path.pop(0)
+    from slcodec.importers import import_folder
+    make_sre2l(str(tmp_path / "sre2l"))
+    imported = str(tmp_path / "i.vqsl")
+    import_folder(str(tmp_path / "sre2l"), imported, "sre2l", codec="fp16")
+    r = _cli("export", imported, "-o", tmp_path / "back", "-q", umask=umask)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(tmp_path / "back").st_mode & 0o777 == 0o777 & ~umask
+    assert _hidden(tmp_path) == []
