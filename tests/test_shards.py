@@ -319,6 +319,44 @@ def test_failed_sharded_encode_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+
+def test_replacing_a_set_is_atomic_for_readers(tmp_path, monkeypatch):
+    """A set being replaced: readers see the old set whole until the new manifest is in
+    place, the new one whole after; a reader left holding the old manifest is told that the
+    set was replaced (not that it is damaged)."""
+    a = labels(3)
+    b = (a[::-1] + 1).astype(a.dtype)
+    out = str(tmp_path / "set.vqsl")
+    slcodec.encode(a, out, codec="fp16", shard_rows=50)
+    ref_a = torch.from_numpy(a.reshape(-1, 1000).astype(np.float32))
+    early = slcodec.open(out)
+    assert torch.equal(early.decode(0, as_="logits"), ref_a[0])  # opens shard 0 only
+
+    # a writer stopped between renaming its shards and renaming its manifest (a kill, a crash)
+    def crash(self):
+        raise KeyboardInterrupt("killed before the manifest rename")
+    monkeypatch.setattr(shards.ShardSetWriter, "publish_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        slcodec.encode(b, out, codec="fp16", shard_rows=50)
+    monkeypatch.undo()
+    with slcodec.open(out) as mid:  # the old set, whole: no shard of it was touched
+        assert torch.equal(mid.decode(None, as_="logits").reshape(-1, 1000), ref_a)
+    assert torch.equal(early.decode(slice(60, 70), as_="logits"), ref_a[60:70])
+
+    # the complete replace: the new set whole, nothing of the old one or of the stopped write left
+    slcodec.encode(b, out, codec="fp16", shard_rows=50)
+    with slcodec.open(out) as late:
+        assert torch.equal(late.decode(None, as_="logits").reshape(-1, 1000),
+                           torch.from_numpy(b.reshape(-1, 1000).astype(np.float32)))
+        assert sorted(os.listdir(tmp_path)) == sorted([*(e["file"] for e in late.entries), "set.vqsl"])
+    # the early reader still reads the shards it opened; the others are gone, and it says why
+    assert torch.equal(early.decode(1, as_="logits"), ref_a[1])
+    with pytest.raises(slcodec.SlcodecError, match="replaced while it was being read") as err:
+        early.decode(170, as_="logits")
+    assert not isinstance(err.value, FormatError)
+    early.close()
+    assert cli.main(["verify", out]) == 0
+
 # --------------------------------------------------------------------------- distributed
 DIST_SCRIPT = r"""
 import sys, numpy as np
