@@ -449,14 +449,19 @@ def _convert(values, kind: str, as_: str, t: float, out=None, owned: bool = Fals
         if as_ == "probs" and t == 1.0:
             return values if out is None else out.copy_(values)
         values, owned = torch.log(values.clamp_min(torch.finfo(torch.float32).tiny)), True
+    big = torch.finfo(torch.float32).max
     if t != 1.0:
         values, owned = (values.div_(t) if owned else values / t), True
+        values.clamp_(-big, big)   # a temperature below 1 may carry a finite logit past float32
     if as_ == "logits":
         return values if out is None else out.copy_(values)
     fn = torch.log_softmax if as_ == "log_probs" else torch.softmax
     if out is None and owned:
         out = values
-    return fn(values, dim=1) if out is None else fn(values, dim=1, out=out)
+    result = fn(values, dim=1) if out is None else fn(values, dim=1, out=out)
+    # a row whose logits span more than the float32 range (an fp32 file may hold -3.4e38 and
+    # 3.4e38) has log-probabilities below it: the lowest float, never -inf
+    return result.clamp_min_(-big) if as_ == "log_probs" else result
 
 
 __all__ = ["encode", "open", "Reader", "ShardedReader", "Writer", "SlcodecError"]

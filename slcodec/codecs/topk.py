@@ -47,7 +47,8 @@ class TopK(Codec):
         bits = probs.clamp_min(0.0).contiguous().view(torch.int32).to(torch.int64)
         key = (bits << 32) | (0xFFFFFFFF - torch.arange(probs.shape[1], device=probs.device))
         ids = torch.topk(key, k, dim=1, largest=True, sorted=True).indices
-        values = torch.gather(probs, 1, ids).cpu().numpy().astype(np.float16)
+        with np.errstate(over="ignore"):   # an overflow is refused just below
+            values = torch.gather(probs, 1, ids).cpu().numpy().astype(np.float16)
         if not np.isfinite(values).all():
             raise ConfigError("topk: a kept probability is NaN or beyond the float16 range "
                               "(probabilities must be finite numbers <= 65504)")

@@ -658,6 +658,7 @@ class VQCodec(Codec):
         return "uint8" if self.K <= 256 else "uint16"
 
     def stream_specs(self, classes):
+        check_classes(self.codec_id, classes)
         return {"top1": ("uint16" if classes + TOP1_RANKS <= 65536 else "uint32", 1),
                 "codes": (self._code_dtype(), self.M)}
 
