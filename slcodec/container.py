@@ -30,7 +30,7 @@ import zstandard
 
 from . import schema
 from .atomic import AtomicFile
-from .errors import FormatError
+from .errors import FormatError, ResourceError
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
 FORMAT_MAJOR = 1
@@ -49,6 +49,15 @@ FLAG_EXTERNAL_PARAMS = 0x2
 KNOWN_REQUIRED_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS
 MAX_HEADER_BYTES = 16 << 20
 MAX_MSGPACK_SECTION_BYTES = 64 << 20
+#: values (scalars and containers, map keys included) in the header or in one msgpack section;
+#: checked by a walk over the bytes before anything is built (a byte of msgpack can be an empty
+#: list, which costs a reader ~60 bytes of memory: the byte caps alone do not bound memory)
+MAX_MSGPACK_ITEMS = 1 << 20
+#: nesting of maps and arrays in the header or in a msgpack section (the schema needs 5)
+MAX_MSGPACK_DEPTH = 16
+#: an array section's dimensions, each counted as at least 1, times its itemsize: a bound on
+#: what a reader's array library is asked to describe, even for a zero-size array
+MAX_ARRAY_SPAN_BYTES = 1 << 48
 #: largest decompressed chunk we accept (declared sizes are checked against it before allocating)
 MAX_CHUNK_BYTES = 64 << 20  # writers make ~1 MiB chunks; a small cap bounds what a hostile chunk can allocate
 CHUNK_ENTRY = struct.Struct("<QII")  # end offset, crc32 of the stored chunk bytes, reserved (0)
@@ -68,22 +77,106 @@ def crc32(data) -> int:
 
 
 def _unpack_msgpack(data: bytes, what: str, limit: int):
+    """One msgpack value under the format's rules (FORMAT.md, ``header-syntax``): no ext types,
+    string map keys, no key twice in a map, at most MAX_MSGPACK_DEPTH levels of nesting and
+    MAX_MSGPACK_ITEMS values, no trailing bytes.  The structure is walked first, without building
+    anything, so a hostile value costs a bounded time and memory before it is rejected."""
     try:
+        _scan_msgpack(data)
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=limit, max_bin_len=limit, max_array_len=limit,
             max_map_len=limit, max_ext_len=0,
-            ext_hook=_no_ext,
+            ext_hook=_no_ext, object_pairs_hook=_str_keyed_map,
         )
-    except FormatError:
-        raise
+    except FormatError as exc:
+        raise FormatError(f"{what}: {exc}", rule=exc.rule) from None
+    except MemoryError:
+        raise  # resource exhaustion is not damage: never reported as an invalid file
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise FormatError(f"{what} is not valid msgpack ({type(exc).__name__}: {exc})",
                           rule="header-syntax") from None
 
 
+def _str_keyed_map(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if not isinstance(k, str):
+            raise FormatError(f"a map key is {type(k).__name__} ({k!r:.40}), not a string", rule="header-syntax")
+    if len(set(keys)) != len(keys):
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise FormatError(f"map key {dup!r:.60} appears twice", rule="header-syntax")
+    return dict(pairs)
+
+
 def _no_ext(code, data):
     raise FormatError(f"msgpack ext type {code} is not allowed", rule="header-syntax")
+
+
+# msgpack first bytes -> (bytes of the fixed part after the type byte, size of a length field that follows)
+_MSGPACK_FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
+                  0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+_MSGPACK_BLOB = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4}   # bin and str: length bytes
+_MSGPACK_ARRAY = {0xdc: 2, 0xdd: 4}
+_MSGPACK_MAP = {0xde: 2, 0xdf: 4}
+
+
+def _scan_msgpack(data) -> None:
+    """Walk one msgpack value's structure without building it: reject ext types, the unused
+    byte 0xc1, nesting deeper than MAX_MSGPACK_DEPTH, more than MAX_MSGPACK_ITEMS values (a
+    container's declared size is counted before its items are walked), a value running past
+    the end and trailing bytes.  Time: at most MAX_MSGPACK_ITEMS steps."""
+    n = len(data)
+    pos = 0
+    items = 0
+    todo = [1]  # values still to read in each open container (the outermost: the one value)
+    while todo:
+        if todo[-1] == 0:
+            todo.pop()
+            continue
+        todo[-1] -= 1
+        if pos >= n:
+            raise FormatError("msgpack value ends early", rule="header-syntax")
+        b = data[pos]
+        pos += 1
+        count = -1
+        if b <= 0x7f or b >= 0xe0:                      # positive and negative fixint
+            pass
+        elif b <= 0x8f:                                 # fixmap
+            count = 2 * (b & 0x0f)
+        elif b <= 0x9f:                                 # fixarray
+            count = b & 0x0f
+        elif b <= 0xbf:                                 # fixstr
+            pos += b & 0x1f
+        elif b in _MSGPACK_FIXED:
+            pos += _MSGPACK_FIXED[b]
+        elif b in _MSGPACK_BLOB:
+            w = _MSGPACK_BLOB[b]
+            pos += w + int.from_bytes(data[pos:pos + w], "big")
+        elif b in _MSGPACK_ARRAY:
+            w = _MSGPACK_ARRAY[b]
+            count = int.from_bytes(data[pos:pos + w], "big")
+            pos += w
+        elif b in _MSGPACK_MAP:
+            w = _MSGPACK_MAP[b]
+            count = 2 * int.from_bytes(data[pos:pos + w], "big")
+            pos += w
+        elif b == 0xc1:
+            raise FormatError("msgpack byte 0xc1 is never used", rule="header-syntax")
+        else:                                           # 0xc7-0xc9, 0xd4-0xd8: ext types
+            raise FormatError(f"msgpack ext type (byte 0x{b:02x}) is not allowed", rule="header-syntax")
+        items += 1
+        if pos > n:
+            raise FormatError("msgpack value runs past its end", rule="header-syntax")
+        if count >= 0:
+            if items + count > MAX_MSGPACK_ITEMS:
+                raise FormatError(f"more than {MAX_MSGPACK_ITEMS} msgpack values", rule="header-syntax")
+            if len(todo) > MAX_MSGPACK_DEPTH:  # the open containers around this one, plus one
+                raise FormatError(f"msgpack nesting deeper than {MAX_MSGPACK_DEPTH} levels", rule="header-syntax")
+            if count:
+                todo.append(count)
+    if pos != n:
+        raise FormatError(f"{n - pos} trailing bytes after the msgpack value", rule="header-syntax")
 
 
 def _pack_msgpack(obj) -> bytes:
@@ -91,6 +184,14 @@ def _pack_msgpack(obj) -> bytes:
 
 
 # --------------------------------------------------------------------------- streams
+#: the order in which a writer applies the filters (a reader undoes them in reverse); a stream
+#: that lists them in another order is rejected: byteshuffle leaves no elements to transpose
+FILTER_ORDER = ("transpose", "byteshuffle")
+#: zstd frame magic numbers (RFC 8878): a data frame, and the range of skippable frames
+ZSTD_MAGIC = 0xFD2FB528
+ZSTD_BLOCK_HEADER = 3
+
+
 def _filter_forward(block: np.ndarray, filters: list[str]) -> bytes:
     if "transpose" in filters:
         block = np.ascontiguousarray(block.T)
@@ -305,7 +406,14 @@ class ContainerWriter:
         self._add_parts(name, "stream", parts, meta)
 
     def add_msgpack(self, name: str, obj) -> None:
-        self._add(name, "msgpack", _pack_msgpack(obj), {})
+        data = _pack_msgpack(obj)
+        if len(data) > MAX_MSGPACK_SECTION_BYTES:
+            raise ValueError(f"msgpack section {name!r} is larger than {MAX_MSGPACK_SECTION_BYTES} bytes")
+        try:  # the reader's rules (depth, value count, string keys), told here rather than at commit
+            _unpack_msgpack(data, f"msgpack section {name!r}", MAX_MSGPACK_SECTION_BYTES)
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
+        self._add(name, "msgpack", data, {})
 
     def commit(self, header: dict, required_flags: int = 0, optional_flags: int = 0,
                publish: bool = True, minor: int = 0) -> None:
@@ -516,13 +624,18 @@ class Container:
                 if sec["kind"] == "stream":
                     reader = self.stream(sec["name"])
                     for k in range(reader.nchunks):
-                        reader.read_chunk(k)
+                        reader.verify_chunk(k)
                 elif sec["kind"] == "msgpack":
                     self.read_msgpack(sec["name"])
                 elif sec["kind"] == "array":
                     self.read_array(sec["name"])
             except FormatError as exc:
                 problems.append(str(exc))
+            except MemoryError:
+                # not a verdict on the file: say so, and name what could not be checked
+                raise ResourceError(f"{self.path}: out of memory while verifying section {sec['name']!r} "
+                                    "(the file was not found damaged; verify needs about one chunk or "
+                                    "one msgpack section of memory at a time)") from None
         return problems
 
 
@@ -588,10 +701,15 @@ def _check_section_meta(sec: dict, bad) -> None:
     if kind == "array":
         if "dtype" not in sec or "shape" not in sec:
             bad(f"array section {name!r} lacks dtype or shape", "section-content")
-        count = 1
-        for dim in sec["shape"]:
+        itemsize = np.dtype(sec["dtype"]).itemsize
+        count = span = 1
+        for dim in sec["shape"]:  # Python ints: no overflow
             count *= dim
-        if count * np.dtype(sec["dtype"]).itemsize != sec["length"]:
+            span *= max(dim, 1)
+        if span * itemsize > MAX_ARRAY_SPAN_BYTES:
+            bad(f"array section {name!r}: shape {sec['shape']} is out of bounds (the product of its "
+                f"dimensions, each at least 1, times {itemsize} exceeds 2**48)", "section-content")
+        if count * itemsize != sec["length"]:
             bad(f"array section {name!r}: shape {sec['shape']} of {sec['dtype']} does not fill "
                 f"its {sec['length']} bytes", "section-content")
     elif kind == "stream":
@@ -606,6 +724,9 @@ def _check_section_meta(sec: dict, bad) -> None:
                 f"{MAX_CHUNK_BYTES}-byte chunk limit", "section-content")
         if len(set(sec["filters"])) != len(sec["filters"]):
             bad(f"stream section {name!r} lists a filter twice", "section-content")
+        if sec["filters"] != [f for f in FILTER_ORDER if f in sec["filters"]]:
+            bad(f"stream section {name!r}: filters {sec['filters']} are not in the order "
+                f"{list(FILTER_ORDER)}", "section-content")
 
 
 class StreamReader:
@@ -639,10 +760,10 @@ class StreamReader:
     def chunk_rows_of(self, k: int) -> int:
         return min(self.chunk_rows, self.rows - k * self.chunk_rows)
 
-    def read_chunk(self, k: int) -> np.ndarray:
-        cached = self._cache.get(k)
-        if cached is not None:
-            return cached
+    def _inflate(self, k: int) -> bytes:
+        """Chunk ``k``'s bytes after the coding, checked: its CRC, one zstd frame declaring
+        exactly the chunk's size (checked before inflating, so a chunk never inflates to more
+        than the layout says), and nothing stored after that frame."""
         start, end, ccrc = self._bounds[k]
         data = self._payload[start:end]
         bad_chunk = f"{self.c.path}: stream {self.name!r} chunk {k}"
@@ -659,14 +780,30 @@ class StreamReader:
                 raise FormatError(f"{bad_chunk}: declares {params.content_size} bytes, expected {expected}",
                                   rule="section-content")
             try:
-                raw = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=expected)
+                # allow_extra_data=False: a chunk is exactly one frame (no second frame, no skippable
+                # frame, no trailing bytes that one reader would ignore and another might not)
+                raw = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=expected,
+                                                              allow_extra_data=False)
             except zstandard.ZstdError as exc:
-                raise FormatError(f"{bad_chunk}: zstd error ({exc})", rule="section-content") from None
+                raise FormatError(f"{bad_chunk}: is not exactly one valid zstd frame ({exc})",
+                                  rule="section-content") from None
         else:
             raw = bytes(data)
         if len(raw) != expected:
             raise FormatError(f"{bad_chunk}: holds {len(raw)} bytes, expected {expected}", rule="section-content")
-        arr = _filter_inverse(raw, self.dtype, n, self.width, self.sec["filters"])
+        return raw
+
+    def verify_chunk(self, k: int) -> None:
+        """Every check of :meth:`read_chunk` without building the rows (the filters only reorder
+        bytes of the right size and cannot fail): memory of one chunk, nothing cached."""
+        self._inflate(k)
+
+    def read_chunk(self, k: int) -> np.ndarray:
+        cached = self._cache.get(k)
+        if cached is not None:
+            return cached
+        raw = self._inflate(k)
+        arr = _filter_inverse(raw, self.dtype, self.chunk_rows_of(k), self.width, self.sec["filters"])
         arr.setflags(write=False)
         if len(self._cache) >= 8:  # a small cache: sequential and nearby random reads hit it
             self._cache.pop(next(iter(self._cache)))

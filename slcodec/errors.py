@@ -21,6 +21,11 @@ class FormatError(SlcodecError):
         self.rule = rule
 
 
+class ResourceError(SlcodecError):
+    """slcodec ran out of memory, or a request exceeds one of its documented resource caps
+    (decoded bytes per decode call).  Not a verdict on the file: ``verify`` exits 2, not 1."""
+
+
 class InputError(SlcodecError):
     """A label input file (``.pt``, ``.npy``, ``.npz``, ``.h5``) cannot be used."""
 

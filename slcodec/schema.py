@@ -23,6 +23,12 @@ DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int6
           "float16", "float32", "float64"]
 U64 = 2**64 - 1
 MAX_NAME = 128
+#: labels.classes: above any real vocabulary (the largest LLM vocabularies are ~2**18), and a
+#: bound on one decoded label (4 MiB as float32); a 16-row chunk of float32 labels then fits
+#: the 64 MiB chunk cap
+MAX_CLASSES = 1 << 20
+#: shards of a set: each shard's table entry is 13 msgpack values, within MAX_MSGPACK_ITEMS
+MAX_SHARDS = 1 << 16
 
 _SECTION = {
     "type": "map",
@@ -58,7 +64,7 @@ HEADER_SCHEMA = {
                 "count": {"type": "int", "min": 0, "max": 2**62},
                 "shape": {"type": "array", "min_items": 2, "max_items": 3,
                           "items": {"type": "int", "min": 0, "max": 2**62}},
-                "classes": {"type": "int", "min": 2, "max": 2**31},
+                "classes": {"type": "int", "min": 2, "max": MAX_CLASSES},
                 "source_kind": {"type": "str", "enum": ["logits", "probs"]},
                 "source_dtype": {"type": "str", "max_len": 32},
                 "temperatures": {"type": "array", "max_items": 16,
@@ -97,7 +103,7 @@ SHARDS_SCHEMA = {
     "keys": {
         "version": {"type": "int", "min": 1, "max": 1},
         "shards": {
-            "type": "array", "min_items": 1, "max_items": 1 << 20,
+            "type": "array", "min_items": 1, "max_items": MAX_SHARDS,
             "items": {
                 "type": "map",
                 "required": ["file", "start", "count", "bytes", "sha256", "header_crc32"],
