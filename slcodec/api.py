@@ -11,7 +11,7 @@ import numpy as np
 from . import __version__, limits
 from .codecs.base import Context, get_codec_class
 from .container import Container
-from .errors import ConfigError, FormatError, SlcodecError
+from .errors import ConfigError, FormatError, ResourceError, SlcodecError
 from .inputs import LabelSource, as_source
 from .writer import RowReader, Writer, encode_block_rows, image_mean_log_probs, stream_chunk_rows
 
@@ -237,8 +237,9 @@ class Reader:
     @staticmethod
     def _axis(index, size, what):
         """Index along one axis -> (int64 array, whether it came from a slice)."""
-        if isinstance(index, slice):
-            return np.arange(size, dtype=np.int64)[index], True
+        if isinstance(index, slice):  # range: no size-long array for a short slice of a huge set
+            r = range(size)[index]
+            return np.arange(r.start, r.stop, r.step, dtype=np.int64), True
         try:
             import torch
             if isinstance(index, torch.Tensor):
@@ -310,7 +311,7 @@ class Reader:
         batch_size = max(1, min(batch_size, limits.MAX_DECODE_BYTES // (4 * self.classes)))
         out = None
         if flat.size > batch_size:
-            out = torch.empty((flat.size, self.classes), dtype=torch.float32, device=device)
+            out = _result_tensor(flat.size, self.classes, device, self.path)
         if flat.size == 0:
             out = torch.empty((0, self.classes), dtype=torch.float32, device=device)
         for start in range(0, flat.size, batch_size):
@@ -429,6 +430,18 @@ class ShardedReader(Reader):
             c.close()
         self._shards = {}
         self.container.close()
+
+
+def _result_tensor(rows: int, classes: int, device, path):
+    """The float32 ``[rows, classes]`` result of a decode call; a request the machine cannot hold
+    (say, every label of a set of billions) is a ResourceError, not an allocator's exception."""
+    import torch
+    try:
+        return torch.empty((rows, classes), dtype=torch.float32, device=device)
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as RuntimeError
+        raise ResourceError(f"{path}: cannot allocate the {rows:,} x {classes:,} float32 result "
+                            f"({rows * classes * 4:,} bytes): decode fewer labels at a time "
+                            f"({type(exc).__name__})") from None
 
 
 def _to_torch(arr: np.ndarray, device: str):

@@ -18,15 +18,12 @@ from __future__ import annotations
 import json
 
 from .errors import FormatError
+from .limits import MAX_CLASSES  # labels.classes (why this number: limits.py)
 
 DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
           "float16", "float32", "float64"]
 U64 = 2**64 - 1
 MAX_NAME = 128
-#: labels.classes: above any real vocabulary (the largest LLM vocabularies are ~2**18), and a
-#: bound on one decoded label (4 MiB as float32); a 16-row chunk of float32 labels then fits
-#: the 64 MiB chunk cap
-MAX_CLASSES = 1 << 20
 #: shards of a set: each shard's table entry is 13 msgpack values, within MAX_MSGPACK_ITEMS
 MAX_SHARDS = 1 << 16
 
