@@ -89,3 +89,18 @@ def assert_rejected(path, rule):
             r.decode(None)
     assert ei.value.rule == rule
     assert cli_main(["verify", str(path)]) == 1
+
+
+def add_raw_stream(writer, name, chunks, dtype, width, chunk_rows, rows=None, filters=("transpose", "byteshuffle")):
+    """Add a stream section made of the given stored chunks (bytes, e.g. hand-made zstd frames),
+    with a correct chunk index and CRCs: streams no StreamBuilder would write."""
+    from slcodec.container import CHUNK_ENTRY
+    index = bytearray()
+    end = 0
+    for chunk in chunks:
+        end += len(chunk)
+        index += CHUNK_ENTRY.pack(end, crc(chunk), 0)
+    rows = len(chunks) * chunk_rows if rows is None else rows
+    writer._add_parts(name, "stream", list(chunks) + [bytes(index)],
+                      {"dtype": dtype, "rows": rows, "width": width, "chunk_rows": chunk_rows,
+                       "coding": "zstd", "filters": list(filters)})

@@ -73,14 +73,17 @@ def body_and_header_edit(fn):
 
 
 def topk_file(ids, values, classes=10, k=None, tamper=None, extra_array=None, stream_names=("ids", "values"),
-              chunk_rows=4096):
-    """A topk file written from scratch with the container writer (so every CRC is right)."""
+              chunk_rows=4096, raw_msgpack=None):
+    """A topk file written from scratch with the container writer (so every CRC is right);
+    ``raw_msgpack``: {section name: msgpack bytes} stored as they are."""
     def make(tmp):
         p = os.path.join(tmp, "crafted-src.vqsl")
         kk = k or ids.shape[1]
         with ContainerWriter(p, verify=False) as w:
             if extra_array is not None:
                 w.add_array("params/extra", extra_array)
+            for name, raw in (raw_msgpack or {}).items():
+                w._add(name, "msgpack", raw, {})
             bi = StreamBuilder("uint16", ids.shape[1], chunk_rows=chunk_rows)
             bi.append(ids)
             bv = StreamBuilder("float16", values.shape[1], chunk_rows=chunk_rows)
@@ -109,6 +112,67 @@ def _non_string_key_header():
     _, h = parse(BASE)
     h[7] = "int key"
     return rebuild(BASE, header_bytes=msgpack.packb(h, use_bin_type=True))
+
+
+def _header_with(h, splice=None, extra_pairs=()):
+    """Header bytes of ``h`` with hand-made parts msgpack.packb will not make: ``splice`` maps a
+    marker string to the raw bytes that replace its packed form; ``extra_pairs`` are (key bytes,
+    value bytes) appended to the top-level map (a repeated key, a binary key)."""
+    raw = msgpack.packb(h, use_bin_type=True)
+    for marker, replacement in (splice or {}).items():
+        packed = msgpack.packb(marker)
+        assert raw.count(packed) == 1
+        raw = raw.replace(packed, replacement)
+    if extra_pairs:
+        n = len(h) + len(extra_pairs)
+        head = 1 if len(h) < 16 else 3
+        raw = b"\xde" + struct.pack(">H", n) + raw[head:] + b"".join(k + v for k, v in extra_pairs)
+    return raw
+
+
+def _header_bytes_key():
+    _, h = parse(BASE)
+    return rebuild(BASE, header_bytes=_header_with(h, extra_pairs=[(msgpack.packb(b"evil", use_bin_type=True),
+                                                                    msgpack.packb(1))]))
+
+
+def _header_duplicate_key():
+    _, h = parse(BASE)  # a second "created_by": one reader would take the first value, another the last
+    return rebuild(BASE, header_bytes=_header_with(h, extra_pairs=[(msgpack.packb("created_by"),
+                                                                    msgpack.packb("someone else"))]))
+
+
+def _header_deep_nesting():
+    _, h = parse(BASE)  # codec.info {"x": [[[...1000 levels...]]]}: json and repr of it recurse that deep
+    h["codec"]["info"] = {"x": "DEEP-MARKER"}
+    return rebuild(BASE, header_bytes=_header_with(h, splice={"DEEP-MARKER": b"\x91" * 1000 + b"\x01"}))
+
+
+def _nested(depth):
+    obj = 1
+    for _ in range(depth):
+        obj = [obj]
+    return obj
+
+
+def _zero_size_array(name):
+    """An array section of no bytes whose shape has a dimension of 2**64 - 1 (0 * anything = 0)."""
+    def edit(h):
+        end = h["sections"][-1]["offset"] + h["sections"][-1]["length"]
+        h["sections"].append({"name": name, "kind": "array", "offset": (end + 63) // 64 * 64, "length": 0,
+                              "crc32": 0, "dtype": "uint8", "shape": [0, 2**64 - 1]})
+    return header_edit(edit)
+
+
+def _chunk_followed_by(extra):
+    """The values stream's one chunk (a valid frame) with ``extra`` stored after it in the chunk."""
+    def tamper(bi, bv):
+        bv._flush(bv._pending_rows)
+        bv._chunks[0] = bv._chunks[0] + (extra() if callable(extra) else extra)
+    return tamper
+
+
+SKIPPABLE_FRAME = struct.pack("<II", 0x184D2A50, 4) + b"skip"
 
 
 def _flip(data, pos):
@@ -195,10 +259,23 @@ CASES = {
     "header-trailing-bytes": ("header-syntax", lambda: rebuild(BASE, header_bytes=parse_header_bytes() + b"\xc0")),
     "header-ext-type": ("header-syntax", _msgpack_ext_header),
     "header-int-key": ("header-syntax", _non_string_key_header),
+    # issue 12: keys are strings and unique; nesting and value counts are capped (FORMAT.md)
+    "header-bytes-key": ("header-syntax", _header_bytes_key),
+    "header-duplicate-key": ("header-syntax", _header_duplicate_key),
+    "header-deep-nesting": ("header-syntax", _header_deep_nesting),
+    "section-bytes-key": ("header-syntax", topk_file(IDS, VALS, raw_msgpack={
+        "augment": msgpack.packb({b"teacher": "x"}, use_bin_type=True)})),
+    "section-duplicate-key": ("header-syntax", topk_file(IDS, VALS, raw_msgpack={
+        "augment": b"\x82" + msgpack.packb("teacher") + msgpack.packb("a") + msgpack.packb("teacher")
+        + msgpack.packb("b")})),
+    "section-deep-nesting": ("header-syntax", topk_file(IDS, VALS, raw_msgpack={
+        "augment": msgpack.packb({"x": _nested(17)})})),
     # rule: header-schema
     "header-is-a-list": ("header-schema", lambda: rebuild(BASE, header_bytes=msgpack.packb([1, 2]))),
     "missing-labels": ("header-schema", header_edit(lambda h: h.pop("labels"))),
     "one-class": ("header-schema", header_edit(lambda h: h["labels"].update(classes=1))),
+    "classes-over-cap": ("header-schema", header_edit(
+        lambda h: h["labels"].update(classes=2**20 + 1, shape=[2, 3, 2**20 + 1]))),
     "negative-count": ("header-schema", header_edit(lambda h: h["labels"].update(count=-6))),
     "count-is-a-string": ("header-schema", header_edit(lambda h: h["labels"].update(count="6"))),
     "unknown-section-kind": ("header-schema", header_edit(lambda h: h["sections"][0].update(kind="blob"))),
@@ -226,6 +303,15 @@ CASES = {
         lambda h: section(h, "streams/ids").update(chunk_rows=2**30))),
     "filter-listed-twice": ("section-content", header_edit(
         lambda h: section(h, "streams/ids").update(filters=["transpose", "transpose"]))),
+    "filters-out-of-order": ("section-content", header_edit(
+        lambda h: section(h, "streams/values").update(filters=["byteshuffle", "transpose"]))),
+    "zero-size-array-huge-dim": ("section-content", _zero_size_array("extra")),
+    "zero-size-params-huge-dim": ("section-content", _zero_size_array("params/extra")),
+    "chunk-trailing-bytes": ("section-content", topk_file(IDS, VALS, tamper=_chunk_followed_by(b"\0"))),
+    "chunk-two-frames": ("section-content", topk_file(IDS, VALS, tamper=_chunk_followed_by(
+        lambda: zstandard.ZstdCompressor().compress(b"")))),
+    "chunk-skippable-frame-after": ("section-content", topk_file(
+        IDS, VALS, tamper=_chunk_followed_by(SKIPPABLE_FRAME))),
     "chunk-index-unsorted": ("section-content", body_and_header_edit(_stream_index_unsorted)),
     "chunk-index-reserved": ("section-content", body_and_header_edit(_stream_index_reserved)),
     "chunk-declares-wrong-size": ("section-content", topk_file(
@@ -331,3 +417,104 @@ def test_corpus_file_rejected(name, capsys):
 
 def test_corpus_covers_every_case():
     assert {f.split("--", 1)[1][:-len(".vqsl")] for f in os.listdir(CORPUS) if f.endswith(".vqsl")} == set(CASES)
+
+
+# ---------------------------------------------------------------- issue 12: cost bombs and resources
+# Hostile inputs too big for the committed corpus, or checks of how a rejection is reported.
+
+def test_msgpack_value_count_cap(tmp_path, capsys):
+    """An ``augment`` section of 2**20 nils in one array is 2**20 + 1 values: one over the cap
+    (1 MiB of msgpack that a reader would otherwise turn into 2**20 Python objects; a section of
+    64 MiB of empty lists took verify 47 s and 5 GB)."""
+    from slcodec.container import MAX_MSGPACK_ITEMS
+    raw = b"\xdd" + struct.pack(">I", MAX_MSGPACK_ITEMS) + b"\xc0" * MAX_MSGPACK_ITEMS
+    p = tmp_path / "many-values.vqsl"
+    p.write_bytes(topk_file(IDS, VALS, raw_msgpack={"augment": raw})(str(tmp_path)))
+    with Container.open(p) as c:
+        with pytest.raises(FormatError) as e:
+            c.read_msgpack("augment")
+    assert e.value.rule == "header-syntax" and "values" in str(e.value)
+    assert cli.main(["verify", str(p)]) == 1
+    # one value fewer is accepted: the cap is the documented number, not lower
+    p.write_bytes(topk_file(IDS, VALS, raw_msgpack={"augment": raw[:1] + struct.pack(">I", MAX_MSGPACK_ITEMS - 1)
+                                                    + raw[5:-1]})(str(tmp_path)))
+    with Container.open(p) as c:
+        assert len(c.read_msgpack("augment")) == MAX_MSGPACK_ITEMS - 1
+
+
+def test_out_of_memory_is_not_reported_as_damage(tmp_path, monkeypatch, capsys):
+    """Resource exhaustion while verifying is said as such (exit 2), never "INVALID" (exit 1)."""
+    import slcodec.container as container
+    from slcodec.errors import ResourceError
+    p = tmp_path / "base.vqsl"
+    p.write_bytes(BASE)
+
+    real_unpackb = container.msgpack.unpackb
+
+    def no_memory_for_sections(data, **kw):  # the header still parses; the msgpack sections run out
+        if bytes(data[:5]) == b"\x81\xa4mode" or b"teacher" in bytes(data):
+            raise MemoryError
+        return real_unpackb(data, **kw)
+    monkeypatch.setattr(container.msgpack, "unpackb", no_memory_for_sections)
+    with Container.open(p) as c:
+        with pytest.raises(ResourceError) as e:
+            c.verify()
+    assert "out of memory" in str(e.value) and str(p) in str(e.value)
+    capsys.readouterr()
+    assert cli.main(["verify", str(p)]) == 2
+    out, err = capsys.readouterr()
+    assert "INVALID" not in out and "out of memory" in err and err.count("\n") == 1
+
+
+def test_verify_holds_one_chunk_at_a_time(tmp_path):
+    """A stream whose chunks inflate hugely (here 8 chunks of 16 MiB from ~4 KB) is verified
+    with the memory of one chunk: chunks are inflated and checked, not filtered or cached."""
+    import tracemalloc
+
+    from craft import add_raw_stream
+    chunk_bytes = 16 << 20
+    frame = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(b"\0" * chunk_bytes)
+    p = tmp_path / "inflating.vqsl"
+    data = topk_file(IDS, VALS)(str(tmp_path))
+    with Container.from_bytes(data) as src, ContainerWriter(p, verify=False) as w:
+        for sec in src.header["sections"]:
+            w._add(sec["name"], sec["kind"], src._payload(sec), {k: v for k, v in sec.items()
+                                                                  if k not in ("name", "kind", "offset", "length", "crc32")})
+        add_raw_stream(w, "extra/inflating", [frame] * 8, "uint16", 1024, chunk_bytes // 2048)
+        w.commit({k: v for k, v in src.header.items() if k != "sections"})
+    assert os.path.getsize(p) < 64 << 10
+    with Container.open(p) as c:
+        tracemalloc.start()
+        try:
+            assert c.verify() == []
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 2 * chunk_bytes, f"verify peaked at {peak:,} bytes for {chunk_bytes:,}-byte chunks"
+
+
+def test_decode_result_the_machine_cannot_hold(tmp_path, capsys):
+    """A valid 4 Mi-label topk file of 2**20 classes (a few KB: the streams are all zeros) asks
+    decode(None) for a 16 TiB result: a ResourceError naming the file, not the allocator's error."""
+    from slcodec.errors import ResourceError
+    n, classes = 1 << 22, 1 << 20
+    p = tmp_path / "huge-result.vqsl"
+    with ContainerWriter(p, verify=False) as w:
+        ids = StreamBuilder("uint32", 1, chunk_rows=n)
+        ids.append(np.zeros((n, 1), np.uint32))
+        vals = StreamBuilder("float16", 1, chunk_rows=n)
+        vals.append(np.full((n, 1), 0.5, np.float16))
+        w.add_stream("streams/ids", ids)
+        w.add_stream("streams/values", vals)
+        w.commit({"labels": {"count": n, "shape": [n, classes], "classes": classes, "source_kind": "probs"},
+                  "codec": {"id": "topk", "config": {"k": 1}}})
+    assert os.path.getsize(p) < 64 << 10
+    with slcodec.open(p) as r:
+        assert r.decode(slice(5, 7)).shape == (2, classes)  # a small request is served
+        with pytest.raises(ResourceError) as e:
+            r.decode(None)
+    assert str(p) in str(e.value)
+    capsys.readouterr()
+    assert cli.main(["decode", str(p), "-o", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slcodec: error:") and err.count("\n") == 1 and "internal" not in err
