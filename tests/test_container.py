@@ -155,3 +155,86 @@ def test_stats_and_structure_verify_run_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "bits/label" in out.stdout and "OK" in out.stdout
+
+
+# ---------------------------------------------------------------- msgpack and section rules (issue 12)
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=40) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
+    max_leaves=40)
+
+
+@given(msgpack_values)
+def test_msgpack_walk_accepts_what_the_writer_packs(obj):
+    """The structure walk agrees with msgpack on every value a writer makes (every type, widths)."""
+    from slcodec.container import _pack_msgpack, _unpack_msgpack
+    assert _unpack_msgpack(_pack_msgpack(obj), "value", 1 << 20) == obj
+
+
+def test_msgpack_caps_are_exact():
+    import msgpack
+
+    from slcodec.container import MAX_MSGPACK_DEPTH, MAX_MSGPACK_ITEMS, _unpack_msgpack
+
+    def nested(depth):
+        obj = 0
+        for _ in range(depth):
+            obj = {"k": obj}
+        return obj
+    assert _unpack_msgpack(msgpack.packb(nested(MAX_MSGPACK_DEPTH)), "v", 1 << 20) == nested(MAX_MSGPACK_DEPTH)
+    for too_deep in (msgpack.packb(nested(MAX_MSGPACK_DEPTH + 1)), b"\x91" * MAX_MSGPACK_DEPTH + b"\x90"):
+        with pytest.raises(FormatError, match="nesting") as e:
+            _unpack_msgpack(too_deep, "v", 1 << 20)
+        assert e.value.rule == "header-syntax"
+    # a container's declared size counts before its items are read: no walk over 2**32 items
+    with pytest.raises(FormatError, match="values"):
+        _unpack_msgpack(b"\xdf\xff\xff\xff\xff", "v", 1 << 20)
+    items = [None] * (MAX_MSGPACK_ITEMS - 1)  # the list itself is one more value
+    assert len(_unpack_msgpack(msgpack.packb(items), "v", 1 << 20)) == MAX_MSGPACK_ITEMS - 1
+    with pytest.raises(FormatError, match="values"):
+        _unpack_msgpack(msgpack.packb(items + [None]), "v", 1 << 20)
+
+
+def test_writer_refuses_a_msgpack_section_readers_would_reject(tmp_path):
+    deep = 0
+    for _ in range(40):
+        deep = [deep]
+    with ContainerWriter(tmp_path / "a.vqsl") as w:
+        with pytest.raises(ValueError, match="nesting"):
+            w.add_msgpack("provenance", {"x": deep})
+        with pytest.raises(ValueError, match="not a string"):
+            w.add_msgpack("provenance", {b"bytes": 1})
+
+
+def _meta_problem(sec):
+    from slcodec.container import _check_section_meta
+    problems = []
+
+    def bad(msg, rule):
+        problems.append((rule, msg))
+        raise FormatError(msg, rule=rule)
+    try:
+        _check_section_meta(sec, bad)
+    except FormatError:
+        pass
+    return problems
+
+
+def test_array_shape_bound_counts_zero_dimensions_as_one():
+    def arr(shape, dtype="uint8"):
+        return {"name": "x", "kind": "array", "offset": 64, "length": 0, "crc32": 0, "dtype": dtype, "shape": shape}
+    assert _meta_problem(arr([0, 2**48])) == []
+    assert _meta_problem(arr([0, 2**45], "float64")) == []
+    assert _meta_problem(arr([3, 0, 2**47])) != []          # 3 * 2**47 > 2**48
+    assert _meta_problem(arr([0, 2**48 + 1]))[0][0] == "section-content"
+    assert _meta_problem(arr([0, 2**45 + 1], "float64"))[0][0] == "section-content"
+
+
+def test_only_the_specified_filter_order_is_accepted():
+    def stream(filters):
+        return {"name": "s", "kind": "stream", "offset": 64, "length": 64, "crc32": 0, "dtype": "uint16",
+                "rows": 1, "width": 2, "chunk_rows": 1, "coding": "zstd", "filters": filters}
+    for ok in ([], ["transpose"], ["byteshuffle"], ["transpose", "byteshuffle"]):
+        assert _meta_problem(stream(ok)) == [], ok
+    assert _meta_problem(stream(["byteshuffle", "transpose"]))[0][0] == "section-content"
