@@ -16,6 +16,10 @@ from . import __version__
 from .errors import FormatError, SlcodecError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+#: decode's output formats by file extension (any other name needs --format)
+DECODE_FORMATS = {".pt": "pt", ".pth": "pt", ".npy": "npy", ".h5": "h5", ".hdf5": "h5"}
+#: the temperatures stats --reference reports KL at unless --temperature says otherwise
+DEFAULT_KL_TEMPERATURES = [1.0, 4.0]
 DEMO_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "lite0_8x64_fp16.npy")
 
 
@@ -24,27 +28,48 @@ class UsageError(SlcodecError):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, codec_options: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._codec_options_pending = codec_options
+
+    def parse_known_args(self, args=None, namespace=None):
+        # The codec options come from the codecs' modules: loaded only when a command that
+        # takes them (encode, import) is parsed, so --version, info, stats, verify start fast.
+        if self._codec_options_pending:
+            self._codec_options_pending = False
+            _add_codec_options(self)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):  # one line, exit 2, as for every other bad input
         sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
         raise UsageError(f"{sub}{message}")
 
 
 def _progress_printer(quiet: bool):
-    if quiet or not sys.stderr.isatty():
+    """A progress(done, total, what) callback drawing one tqdm bar per stage on stderr, or None
+    with --quiet or when stdout or stderr is not a terminal (logs and pipes stay clean).
+    ``what`` is a stage name, optionally followed by ": " and a status (e.g. "vq fit: loss 0.0412")
+    shown beside the bar."""
+    if quiet or not (sys.stdout.isatty() and sys.stderr.isatty()):
         return None
-    state = {"t": 0.0}
+    from tqdm import tqdm
+    state = {"bar": None, "stage": None}
 
     def progress(done, total, what):
-        now = time.monotonic()
-        if done < total and now - state["t"] < 0.2:
-            return
-        state["t"] = now
-        width = 30
-        fill = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r{what}: [{'#' * fill}{'.' * (width - fill)}] {done:,}/{total:,}")
+        stage, _, status = what.partition(": ")
+        bar = state["bar"]
+        if bar is None or stage != state["stage"] or total != bar.total:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True,
+                                      unit="step" if "fit" in stage else "label", unit_scale="fit" not in stage)
+            state["stage"] = stage
+        if status:
+            bar.set_postfix_str(status, refresh=False)
+        bar.update(done - bar.n)
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            bar.close()
+            state["bar"] = None
     return progress
 
 
@@ -54,7 +79,7 @@ def _codec_options():
     options = {}
     for cid in codec_ids():
         for opt in get_codec_class(cid).options:
-            options.setdefault(opt.name, (opt, []))[1].append(cid)
+            options.setdefault(opt.name, []).append((cid, opt))
     return options
 
 
@@ -64,14 +89,36 @@ def _add_codec_options(parser):
     except ImportError:  # no torch: encoding is unavailable, but stats/verify/info still work
         return
     group = parser.add_argument_group("codec options (each applies to the codecs named in its help)")
-    for name, (opt, owners) in sorted(options.items()):
+    for name, owned in sorted(options.items()):
+        owners = [cid for cid, _ in owned]
+        opt = owned[0][1]
         kwargs = {"type": opt.type, "default": None, "dest": "codec_opt_" + name, "metavar": name.upper(),
-                  "help": f"[{', '.join(owners)}] {opt.help} (default: {opt.default})"}
+                  "help": f"[{', '.join(owners)}] {_option_help(owned)}"}
         if opt.nargs:
             kwargs["nargs"] = opt.nargs
         if opt.choices:
             kwargs["choices"] = opt.choices
         group.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def _default_text(value) -> str:
+    if value is None:
+        return "chosen by the codec; slcodec info shows the value used"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_default_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option_help(owned) -> str:
+    """The help of an option shared by codecs ``owned`` ([(codec id, Option)]), its default stated
+    once: not appended when the help already states it, per codec when the codecs differ."""
+    text = owned[0][1].help.strip()
+    if "default" in text.lower():
+        return text
+    defaults = {cid: _default_text(o.default) for cid, o in owned}
+    if len(set(defaults.values())) == 1:
+        return f"{text} (default: {next(iter(defaults.values()))})"
+    return f"{text} (default: {', '.join(f'{cid} {d}' for cid, d in defaults.items())})"
 
 
 def _chosen_codec_options(args, codec_id):
@@ -118,10 +165,14 @@ def cmd_encode(args):
                    shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
+        from .stats import format_config, format_ratio
         s = _stats(args.output)
+        r = s["baselines"]["fp16"]["ratio"]
+        than_fp16 = f"{format_ratio(r)} smaller than FP16" if r >= 1 else f"{format_ratio(1 / r)} larger than FP16"
         print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
-              f"({s['marginal_bits_per_label']:.2f} in label streams), {s['baselines']['fp16']['ratio']:.1f}x "
-              f"smaller than FP16, codec {codec_id}, {elapsed:.1f} s", file=sys.stderr)
+              f"({s['marginal_bits_per_label']:.2f} in label streams), {than_fp16}, codec {codec_id}, "
+              f"{elapsed:.1f} s", file=sys.stderr)
+        print(f"codec {codec_id} as written: {format_config(s['codec_resolved_config'])}", file=sys.stderr)
         hint = _small_set_hint(codec_id, config, s)
         if hint:
             print(hint, file=sys.stderr)
@@ -186,7 +237,11 @@ def cmd_decode(args):
 
     from . import api
     _check_output(args.output)
-    fmt = args.format or {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}.get(os.path.splitext(args.output)[1].lower(), "pt")
+    ext = os.path.splitext(args.output)[1].lower()
+    fmt = args.format or DECODE_FORMATS.get(ext)
+    if fmt is None:
+        raise UsageError(f"{args.output}: unknown output extension {ext or '(none)'!r}: name the file "
+                         f"{', '.join(sorted(DECODE_FORMATS))} or give --format pt, npy or h5")
     with api.open(args.input) as reader:
         values = reader.decode(None, device=args.device, as_=args.as_, temperature=args.temperature).cpu()
     from .atomic import atomic_path
@@ -234,7 +289,9 @@ def cmd_stats(args):
         from .metrics import reader_fidelity
         ref = load_labels(args.reference, args.input_kind)
         with api.open(args.input) as reader:
-            s["fidelity"] = reader_fidelity(reader, ref)
+            s["fidelity"] = reader_fidelity(reader, ref, temperatures=args.temperature)
+    elif args.temperature != DEFAULT_KL_TEMPERATURES:
+        raise UsageError("--temperature goes with --reference")
     if args.image_bytes is not None and not args.compare:
         raise UsageError("--image-bytes goes with --compare")
     if args.compare:
@@ -305,17 +362,19 @@ def cmd_split(args):
 
 
 def _verify_codec(path) -> list[str]:
-    # The codec-level rules (config, parameter shapes, stream shapes) need the codec code.
-    try:
-        from . import api
-    except ImportError:
-        return []
+    # The codec-level rules (config, parameter shapes, stream values) need the codec's module,
+    # which imports torch only to fit and decode.
+    from . import api
     try:
         with api.open(path) as reader:
             reader.verify_streams()
             return []
     except FormatError as exc:
         return [str(exc)]
+
+
+#: fit-info entries too long to read on a line; `info --json` has them
+INFO_JSON_ONLY = ("loss_history",)
 
 
 def cmd_info(args):
@@ -333,10 +392,14 @@ def cmd_info(args):
     h = info["header"]
     print(f"{args.input}: .vqsl format {info['format_version']} "
           f"(required flags 0x{info['required_flags']:08x}, optional 0x{info['optional_flags']:08x})")
+    from .stats import format_config, resolved_codec_config
     print(f"labels: {h['labels']}")
-    print(f"codec:  {h['codec']['id']} config={h['codec']['config']}")
+    print(f"codec:  {h['codec']['id']}: {format_config(resolved_codec_config(h['codec']))}")
     for key, value in sorted(h["codec"].get("info", {}).items()):
-        print(f"        {key}: {value}")
+        if key in INFO_JSON_ONLY:
+            print(f"        {key}: {len(value) if isinstance(value, list) else 1} entries (info --json)")
+        else:
+            print(f"        {key}: {value}")
     print("sections:")
     for s in h["sections"]:
         extra = {k: v for k, v in s.items() if k not in ("name", "kind", "offset", "length", "crc32")}
@@ -350,17 +413,26 @@ def cmd_info(args):
 
 def cmd_demo(args):
     """Encode the committed real-teacher fixture and report bits and fidelity."""
+    if not os.path.exists(DEMO_FIXTURE):
+        raise UsageError(f"{DEMO_FIXTURE}: demo fixture is missing from this installation")
+    if args.output_dir is not None:
+        if not os.path.isdir(args.output_dir):
+            raise UsageError(f"{args.output_dir}: output folder does not exist")
+        return _demo(args, args.output_dir)
+    with tempfile.TemporaryDirectory(prefix="slcodec-demo-") as out_dir:
+        status = _demo(args, out_dir)
+    print(f"\n(the files were written to a temporary folder, {out_dir}, now removed; "
+          "--output-dir DIR keeps them)")
+    return status
+
+
+def _demo(args, out_dir) -> int:
     from . import api
+    from .container import Container
     from .inputs import load_labels
     from .metrics import reader_fidelity
     from .stats import file_stats, format_stats
-    from .container import Container
 
-    if not os.path.exists(DEMO_FIXTURE):
-        raise UsageError(f"{DEMO_FIXTURE}: demo fixture is missing from this installation")
-    out_dir = args.output_dir or tempfile.mkdtemp(prefix="slcodec-demo-")
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"{out_dir}: output folder does not exist")
     src = load_labels(DEMO_FIXTURE)
     print(f"demo: {src.count:,} real soft labels from EfficientNet-Lite0 (ImageNet, {src.classes} classes), "
           f"shape {list(src.shape)}, read as {src.kind}")
@@ -376,7 +448,8 @@ def cmd_demo(args):
         with Container.open(out) as c:
             s = file_stats(c)
         with api.open(out) as reader:
-            s["fidelity"] = reader_fidelity(reader, src, temperatures=sorted({1.0, 4.0, *reader.temperatures}))
+            s["fidelity"] = reader_fidelity(reader, src, temperatures=sorted({*DEFAULT_KL_TEMPERATURES,
+                                                                              *reader.temperatures}))
         print(f"\n== codec {codec_id}: encoded in {elapsed:.1f} s -> {out}")
         print(format_stats(s))
         summary.append((codec_id, s))
@@ -397,13 +470,17 @@ def cmd_demo(args):
 
 
 # --------------------------------------------------------------------------- parser
+QUIET_HELP = "print nothing but errors (no summary, no progress bars)"
+VQSL_INPUT_HELP = "a .vqsl file (or the manifest of a sharded set)"
+
+
 def build_parser():
     p = _Parser(prog="slcodec", description="Storage codec for the soft labels of dataset distillation.")
     p.add_argument("--version", action="version", version=f"slcodec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    e = sub.add_parser("encode", help="fit a codec on labels and write a .vqsl file")
+    e = sub.add_parser("encode", help="fit a codec on labels and write a .vqsl file", codec_options=True)
     e.add_argument("input", help="labels: .pt, .npy, .npz or .h5 (file.h5:dataset), [N, C] or [images, augs, C]")
     e.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
     e.add_argument("--codec", default=None, help="codec id (default: vq when available, else fp16)")
@@ -419,58 +496,69 @@ def build_parser():
     e.add_argument("--distributed", action="store_true",
                    help="under torchrun: every rank fits the same codec and encodes its own range into its "
                         "shard; rank 0 writes the manifest OUTPUT")
-    e.add_argument("-q", "--quiet", action="store_true")
-    _add_codec_options(e)
+    e.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     e.set_defaults(func=cmd_encode)
 
     mg = sub.add_parser("merge", help="write a sharded set (its manifest) as one file")
     mg.add_argument("input", help="the manifest")
-    mg.add_argument("-o", "--output", required=True)
-    mg.add_argument("-q", "--quiet", action="store_true")
+    mg.add_argument("-o", "--output", required=True, help="the single .vqsl file to write (replaced atomically)")
+    mg.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     mg.set_defaults(func=cmd_merge)
 
     sp = sub.add_parser("split", help="write one file as a sharded set (manifest + shards)")
-    sp.add_argument("input")
+    sp.add_argument("input", help="the .vqsl file to split")
     sp.add_argument("-o", "--output", required=True, help="the manifest to write; shards go beside it")
     sp.add_argument("--shards", type=int, default=None, help="number of shards (of equal size)")
     sp.add_argument("--shard-rows", type=int, default=None, help="labels per shard")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sp.set_defaults(func=cmd_split)
 
     d = sub.add_parser("decode", help="decode a .vqsl file to a label file")
-    d.add_argument("input")
-    d.add_argument("-o", "--output", required=True)
-    d.add_argument("--format", choices=("pt", "npy", "h5"), default=None, help="default: from the extension, else pt")
-    d.add_argument("--as", dest="as_", choices=("probs", "logits", "log_probs"), default="probs")
-    d.add_argument("--temperature", type=float, default=None, help="softmax temperature for probs/log_probs")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument("input", help=VQSL_INPUT_HELP)
+    d.add_argument("-o", "--output", required=True,
+                   help="the label file to write: .pt/.pth (a torch tensor), .npy or .h5/.hdf5 (dataset named "
+                        "after --as); another name needs --format")
+    d.add_argument("--format", choices=("pt", "npy", "h5"), default=None,
+                   help="what to write (default: from the output's extension)")
+    d.add_argument("--as", dest="as_", choices=("probs", "logits", "log_probs"), default="probs",
+                   help="probabilities (softmax), log-probabilities, or the decoded logits as they are "
+                        "(default: probs)")
+    d.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature for probs/log_probs (default: 1)")
+    d.add_argument("--device", default="cpu", help="torch device to decode on: cpu or cuda[:N] (default: cpu)")
+    d.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     d.set_defaults(func=cmd_decode)
 
     s = sub.add_parser("stats", help="exact bit accounting (and fidelity with --reference)")
-    s.add_argument("input")
+    s.add_argument("input", help=VQSL_INPUT_HELP)
     s.add_argument("--json", action="store_true", help="stable JSON output (documented in FORMAT.md)")
-    s.add_argument("--reference", default=None, help="the original labels, to report KL, top-1 and top-5")
+    s.add_argument("--reference", default=None,
+                   help="the original labels, to report KL (mean, median, 99th percentile, max), top-1 and top-5")
+    s.add_argument("--temperature", type=float, nargs="+", default=list(DEFAULT_KL_TEMPERATURES), metavar="T",
+                   help="with --reference: the softmax temperatures to report KL at (default: 1 4)")
     s.add_argument("--compare", action="store_true",
                    help="also the storage of this label set in the frameworks' own layouts (SRe2L/CDA, FKD, LPQLD)")
     s.add_argument("--image-bytes", type=int, default=None, metavar="N",
                    help="with --compare: bytes of one stored image (e.g. 13820: SRe2L's JPEGs, 691 MB / 50,000), to show the "
                         "labels' share of images + labels")
-    s.add_argument("--input-kind", default="auto", choices=("auto", "logits", "probs"))
+    s.add_argument("--input-kind", default="auto", choices=("auto", "logits", "probs"),
+                   help="whether --reference holds logits or probabilities (default: detect)")
     s.set_defaults(func=cmd_stats)
 
     v = sub.add_parser("verify", help="check checksums and structure (exit 0 valid, 1 invalid)")
-    v.add_argument("inputs", nargs="+")
-    v.add_argument("--structure-only", action="store_true", help="skip the codec-level checks (no torch)")
+    v.add_argument("inputs", nargs="+", help=".vqsl files, manifests (the whole set) or shards")
+    v.add_argument("--structure-only", action="store_true",
+                   help="checksums and structure only: skip the codec-level checks of parameters and streams")
     v.set_defaults(func=cmd_verify)
 
     i = sub.add_parser("info", help="print the header")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("input", help=VQSL_INPUT_HELP)
+    i.add_argument("--json", action="store_true",
+                   help="the whole header as JSON, with the fit's full record (e.g. vq's loss history)")
     i.set_defaults(func=cmd_info)
 
     im = sub.add_parser("import", help="import a framework's label folder (SRe2L/CDA/LPLD, LPQLD, FKD) with its "
-                                       "augmentation parameters")
+                                       "augmentation parameters", codec_options=True)
     im.add_argument("folder", help="sre2l/lpqld: the folder holding epoch_*/batch_*.tar; fkd: the folder of "
                                    "per-image files")
     im.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
@@ -482,24 +570,25 @@ def build_parser():
     im.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     im.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
     im.add_argument("--teacher", default=None, help="teacher name stored as provenance")
-    im.add_argument("-q", "--quiet", action="store_true")
-    _add_codec_options(im)
+    im.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     im.set_defaults(func=cmd_import)
 
     ex = sub.add_parser("export", help="write a framework's label folder back from a .vqsl file with an explicit "
                                        "augmentation record")
-    ex.add_argument("input")
+    ex.add_argument("input", help="a .vqsl file with an explicit augmentation record (made by import)")
     ex.add_argument("-o", "--output", required=True, help="the folder to create (must not exist, or be empty)")
     ex.add_argument("--layout", default=None, choices=("sre2l", "fkd"), help="default: the layout recorded in the file")
-    ex.add_argument("--device", default="cpu")
-    ex.add_argument("-q", "--quiet", action="store_true")
+    ex.add_argument("--device", default="cpu", help="torch device to decode on (default: cpu)")
+    ex.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     ex.set_defaults(func=cmd_export)
 
     m = sub.add_parser("demo", help="encode the bundled real-teacher labels and report bits and fidelity")
-    m.add_argument("--output-dir", default=None)
+    m.add_argument("--output-dir", default=None,
+                   help="keep the encoded files in this existing folder (default: a temporary folder, removed "
+                        "at the end)")
     m.add_argument("--codecs", nargs="+", default=None, help="codecs to run (default: the default codec and topk)")
-    m.add_argument("--device", default="auto")
-    m.add_argument("-q", "--quiet", action="store_true")
+    m.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    m.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -516,6 +605,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as exc:
         name = getattr(exc, "filename", None)
         print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:  # e.g. encode or decode without torch
+        missing = getattr(exc, "name", None) or _one_line(exc)
+        print(f"slcodec: error: this command needs {missing}, which cannot be imported ({_one_line(exc)})",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("slcodec: interrupted; no output was written", file=sys.stderr)

@@ -26,6 +26,49 @@ def section_group(name: str) -> str:
     return "metadata"                # provenance and other free-form sections
 
 
+#: stored config keys a codec leaves to be chosen (None or "auto") -> the fit-info key that records
+#: the value used (the writer stores the fit info in the header)
+RESOLVED_FROM_FIT_INFO = {"vq": {"codes": "M", "codebook_size": "K", "encoder_input": "encoder_input"}}
+
+
+def resolved_codec_config(codec: dict) -> dict:
+    """A header's codec config with the values that were chosen in place of the open ones
+    (vq: the number of codes M, the codebook size K, the encoder's input and width)."""
+    config = dict(codec.get("config") or {}) if isinstance(codec.get("config"), dict) else {}
+    info = codec.get("info") if isinstance(codec.get("info"), dict) else {}
+    for key, recorded in RESOLVED_FROM_FIT_INFO.get(codec.get("id"), {}).items():
+        value = info.get(recorded)
+        if key in config and config[key] in (None, "auto") and isinstance(value, (int, str)):
+            config[key] = value
+    if codec.get("id") == "vq" and config.get("encoder_hidden") is None and "encoder_hidden" in config:
+        config["encoder_hidden"] = config.get("hidden")    # the encoder's width defaults to the decoder's
+    return config
+
+
+def format_config(config: dict) -> str:
+    """``key=value`` pairs, lists without brackets: one readable line."""
+    def text(v):
+        if isinstance(v, (list, tuple)):
+            return ",".join(text(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return " ".join(f"{k}={text(v)}" for k, v in config.items())
+
+
+def format_ratio(r: float | None) -> str:
+    """A size ratio that never reads as 0.0x: two significant digits below 1."""
+    if r is None or not math.isfinite(r):
+        return "-"
+    if r >= 100:
+        return f"{r:,.0f}x"
+    if r >= 1:
+        return f"{r:.1f}x"
+    return f"{r:.2g}x" if r > 0 else "0x"
+
+
+#: one line per storage layout the stats compare with (the same words in stats and --compare)
+PACKED_TOPK_WHAT = "k class ids of ceil(log2 C) bits + k FP16 values per label, packed, nothing else"
+
+
 def topk_bits_per_label(classes: int, k: int) -> int:
     """FKD-style top-k storage: k class ids of ceil(log2 C) bits + k FP16 values."""
     return k * (math.ceil(math.log2(classes)) + 16)
@@ -82,6 +125,7 @@ def file_stats(container: Container, shards=None) -> dict:
         "format_version": f"{container.preamble.major}.{container.preamble.minor}",
         "codec": h["codec"]["id"],
         "codec_config": h["codec"]["config"],
+        "codec_resolved_config": resolved_codec_config(h["codec"]),
         "labels": n,
         "shape": shape,
         "classes": classes,
@@ -183,10 +227,13 @@ def format_comparison(s: dict) -> str:
     for r in c["rows"]:
         per_img = f"{r['bits_per_image']:,.0f}" if r["bits_per_image"] is not None else "-"
         line = (f"  {r['layout']:<22} {r['bits_per_label']:>12,.1f} {per_img:>14} {r['bytes']:>18,} "
-                f"{r['x_this_file']:>11,.1f}x")
+                f"{format_ratio(r['x_this_file']):>12}")
         if img is not None:
             line += f" {100 * r['label_share']:>12.1f}%" if r.get("label_share") is not None else f" {'-':>13}"
         lines.append(line)
+    lines.append("  what each layout stores:")
+    for r in c["rows"]:
+        lines.append(f"    {r['layout']}: {r['what']}")
     if img is None:
         lines.append("  (--image-bytes N adds each layout's share of images + labels)")
     elif s.get("augmentations_per_image") is None:
@@ -196,8 +243,8 @@ def format_comparison(s: dict) -> str:
 
 
 def format_stats(s: dict) -> str:
-    lines = [f"{s['file']}: {s['labels']:,} labels {s['shape']} ({s['source_kind']}), codec {s['codec']} "
-             f"{s['codec_config']}",
+    lines = [f"{s['file']}: {s['labels']:,} labels {s['shape']} ({s['source_kind']}), codec {s['codec']}: "
+             f"{format_config(s.get('codec_resolved_config', s['codec_config']))}",
              (f"set of {s['files']} files (manifest + shards)" if s.get("files", 1) > 1 else "file")
              + f": {s['file_bytes']:,} bytes = {s['bits_per_label']:.2f} bits/label"
              + (f" = {s['bits_per_image']:,.0f} bits/image" if s["bits_per_image"] else ""),
@@ -213,16 +260,23 @@ def format_stats(s: dict) -> str:
                      f"+ a {a['record_bytes']:,}-byte record")
     lines.append(f"  {'total':<28} {'':<9} {'':<14} {s['file_bytes']:>12,} {s['bits_per_label']:>11.3f}")
     lines.append("")
-    lines.append("  compression ratio of the whole file against the same labels stored as:")
+    lines.append("  size of the same labels stored otherwise, as a multiple of this whole file:")
     for name, b in s["baselines"].items():
-        label = {"fp32": "raw FP32", "fp16": "raw FP16"}.get(name, f"FKD {name} (ids + FP16)")
-        lines.append(f"    {label:<26} {b['bits_per_label']:>8,} bits/label   {b['ratio']:>9.1f}x")
+        label = {"fp32": "raw FP32", "fp16": "raw FP16"}.get(name, f"packed {name.replace('top', 'top-')}")
+        lines.append(f"    {label:<26} {b['bits_per_label']:>8,} bits/label   {format_ratio(b['ratio']):>9}")
+    if any(name.startswith("top") for name in s["baselines"]):
+        lines.append(f"    (raw: C values per label; packed top-k: {PACKED_TOPK_WHAT};")
+        lines.append("     the frameworks' own layouts, with their augmentation records: stats --compare)")
     if "fidelity" in s:
         f = s["fidelity"]
         lines.append("")
-        lines.append(f"  fidelity against {f['reference']} ({f['labels']:,} labels):")
+        lines.append(f"  fidelity against {f['reference']} ({f['labels']:,} labels), KL(p||q) in nats per label:")
+        spread = f.get("kl_spread", {})
+        lines.append(f"    {'T':>6} {'mean':>10} {'median':>10} {'p99':>10} {'max':>10}")
         for t, kl in f["kl"].items():
-            lines.append(f"    mean KL(p||q) at T={t}: {kl:.5f} nats")
+            sp = spread.get(t, {})
+            cols = " ".join(f"{sp[k]:>10.5f}" if k in sp else f"{'-':>10}" for k in ("median", "p99", "max"))
+            lines.append(f"    {t:>6} {kl:>10.5f} {cols}")
         lines.append(f"    top-1 agreement: {f['top1_agreement']:.4f}")
         lines.append(f"    top-5 overlap:   {f['top5_overlap']:.4f}")
     return "\n".join(lines)

@@ -189,7 +189,7 @@ def test_stats_reference_fp32(cli, tmp_path, x32_npy):
     assert f["labels"] == 15
     assert f["top1_agreement"] == 1.0
     assert f["top5_overlap"] == 1.0
-    assert set(f["kl"]) == {"1"}
+    assert set(f["kl"]) == {"1", "4"}   # stats --reference reports T = 1 and 4 unless told otherwise
     assert abs(f["kl"]["1"]) < 1e-6
     rc, stdout, _ = cli("stats", out, "--reference", src)
     assert rc == 0
@@ -209,7 +209,8 @@ def test_stats_reference_topk_is_lossy(cli, tmp_path, x32_npy):
 
 
 @pytest.mark.parametrize("name,fmt", [("out.pt", None), ("out.npy", None), ("out.h5", None), ("out.hdf5", None),
-                                      ("out.bin", "npy"), ("out.data", "h5"), ("out.xyz", None)])
+                                      ("out.bin", "npy"), ("out.data", "h5"), ("out.xyz", "pt"),
+                                      ("out.pth", None)])
 def test_decode_formats_fp16_bit_exact(cli, tmp_path, x16_npy, name, fmt):
     src, x = x16_npy
     vq = tmp_path / "x.vqsl"
@@ -219,7 +220,7 @@ def test_decode_formats_fp16_bit_exact(cli, tmp_path, x16_npy, name, fmt):
     rc, _, err = cli(*args)
     assert rc == 0, err
     assert "wrote" in err
-    expected_fmt = fmt or {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}.get(out.suffix, "pt")
+    expected_fmt = fmt or {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".pt": "pt", ".pth": "pt"}[out.suffix]
     if expected_fmt == "pt":
         values = torch.load(out, weights_only=True).numpy()
     elif expected_fmt == "npy":

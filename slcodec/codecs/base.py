@@ -205,16 +205,25 @@ def register(cls: type[Codec]) -> type[Codec]:
 
 def header_format_minor(header: dict) -> int:
     """The format minor a file with this header's codec config needs (0 when the codec or its
-    config is unknown: the writer validated it already)."""
+    config is unknown: the writer validated it already).  Loads only that codec's module, which
+    imports torch on first use only, so sharded-set tools (split, merge) need no torch."""
     try:
         codec = header["codec"]
-        return int(get_codec_class(codec["id"]).from_config(codec["config"]).format_minor())
-    except Exception:  # noqa: BLE001 - informational only
+        cls = get_codec_class(codec["id"])
+        return int(cls.from_config(codec["config"]).format_minor())
+    except (ConfigError, KeyError, TypeError, ValueError):  # not an ImportError: never a silent 0
         return 0
 
 
+#: the module of a built-in codec whose id is not its module's name
+_MODULE_OF_CODEC = {"fp32": "raw", "fp16": "raw"}
+
+
 def get_codec_class(codec_id: str) -> type[Codec]:
-    _load_builtin()
+    if codec_id not in _REGISTRY and isinstance(codec_id, str) and codec_id.isidentifier():
+        _load_builtin_module(_MODULE_OF_CODEC.get(codec_id, codec_id))  # just the one needed
+    if codec_id not in _REGISTRY:
+        _load_builtin()
     try:
         return _REGISTRY[codec_id]
     except KeyError:
@@ -224,6 +233,14 @@ def get_codec_class(codec_id: str) -> type[Codec]:
 def codec_ids() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
+
+
+def _load_builtin_module(name: str) -> None:
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def _load_builtin() -> None:
