@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ def load_array(spec: str, key_hint: str | None = None) -> tuple[np.ndarray, str 
         if ext in (".pt", ".pth", ".tar"):
             return _load_torch(path, key)
         if ext == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False), None
+            return _load_npy(path), None
         if ext == ".npz":
             return _load_npz(path, key)
         if ext in (".h5", ".hdf5"):
@@ -130,6 +131,49 @@ def _load_torch(path: str, key: str | None):
     return obj.detach().contiguous().numpy(), kind
 
 
+def _load_npy(path: str) -> np.ndarray:
+    """Memory-map a ``.npy`` file after checking its header ourselves: a floating-point dtype,
+    2 or 3 non-negative dimensions, and data the file actually holds (sizes in Python integers,
+    so a hostile shape cannot overflow; numpy's own loader trusts the header)."""
+    from numpy.lib import format as npy_format
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a header numpy would warn about is refused, quietly
+                version = npy_format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+                elif version in ((2, 0), (3, 0)):  # 3.0 differs only in allowing UTF-8 field names
+                    shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+                else:
+                    raise InputError(f"{path}: .npy format version {version[0]}.{version[1]} is not supported")
+        except InputError:
+            raise
+        except (ValueError, SyntaxError, TypeError, EOFError, OverflowError, Warning) as exc:
+            raise InputError(f"{path}: not a valid .npy file ({_one_line(exc)[:160]})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects (dtype {dtype}); only numeric labels are read (no pickle)")
+    if dtype.kind != "f":
+        raise InputError(f"{path}: labels are {dtype}, expected floating point")
+    dims = list(shape)
+    if any(not isinstance(d, int) or d < 0 for d in dims):
+        raise InputError(f"{path}: the .npy header declares shape {dims}, with a negative dimension")
+    if len(dims) not in (2, 3):
+        raise InputError(f"{path}: labels have shape {dims}; expected [N, C] or [images, augmentations, C]")
+    count = 1
+    for d in dims:
+        count *= d
+    if count == 0:
+        raise InputError(f"{path}: labels are empty (shape {dims})")
+    nbytes = count * dtype.itemsize
+    if nbytes > size - offset:
+        raise InputError(f"{path}: the .npy header declares shape {dims} of {dtype} ({nbytes:,} bytes), but the "
+                         f"file holds {max(0, size - offset):,} bytes of data (truncated or damaged)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(dims), order="F" if fortran else "C")
+
+
 def _load_npz(path: str, key: str | None):
     with np.load(path, allow_pickle=False) as z:
         name, kind = _pick({name: name for name in z.files}, key, path)
@@ -138,7 +182,11 @@ def _load_npz(path: str, key: str | None):
 
 def _load_h5(path: str, key: str | None):
     import h5py
-    f = h5py.File(path, "r")
+    with h5py.File(path, "r") as f:
+        return _read_h5(h5py, f, path, key)
+
+
+def _read_h5(h5py, f, path: str, key: str | None):
     names = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
     if key is None:
@@ -154,13 +202,21 @@ def _load_h5(path: str, key: str | None):
         raise InputError(f"{path}: has no dataset {key!r} (datasets: {', '.join(names) or 'none'})")
     dset = f[key]
     leaf = key.rsplit("/", 1)[-1]
+    # Only data stored in this file is read: external raw storage and virtual datasets point
+    # at other files (any file the process can read), as external links do (never followed).
+    plist = dset.id.get_create_plist()
+    if plist.get_external_count() > 0:
+        raise InputError(f"{path}: dataset {key!r} keeps its data in external files; refused "
+                         "(only data stored in the file itself is read)")
+    if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT):
+        what = "a virtual dataset (data mapped from other files)" if dset.is_virtual else "of an unknown layout"
+        raise InputError(f"{path}: dataset {key!r} is {what}; refused (only data stored in the file itself is read)")
     # Contiguous uncompressed datasets are memory-mapped through numpy; others are read whole.
     offset = dset.id.get_offset()
     if offset is not None and dset.chunks is None and dset.compression is None and dset.dtype.kind == "f":
         arr = np.memmap(path, mode="r", dtype=dset.dtype, shape=dset.shape, offset=offset)
     else:
         arr = dset[()]
-    f.close()
     return arr, (leaf if leaf in ("logits", "probs") else None)
 
 

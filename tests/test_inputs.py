@@ -299,6 +299,14 @@ def test_as_source_accepts_torch_tensors():
 
 
 # --------------------------------------------------------------------------- errors
+def _npy_header(path, shape, descr="<f4", fortran=False, data=b""):
+    """A .npy file with any header (numpy writes what it is given) followed by ``data``."""
+    from numpy.lib import format as npy_format
+    with open(path, "wb") as f:
+        npy_format.write_array_header_1_0(f, {"descr": descr, "fortran_order": fortran, "shape": shape})
+        f.write(data)
+
+
 def _save_npy(arr):
     def write(path):
         np.save(path, arr)
@@ -360,7 +368,7 @@ ERROR_CASES = [
     ("int.npy", _save_npy(np.arange(12 * 16).reshape(12, 16)), "int64"),
     ("int.pt", _save_pt(torch.arange(12 * 16).reshape(12, 16)), "int64"),
     ("bool.npy", _save_npy(np.ones((12, 16), dtype=bool)), "bool"),
-    ("trunc.npy", _truncated_npy, "cannot read"),
+    ("trunc.npy", _truncated_npy, "truncated"),
     ("trunc.pt", _truncated_pt, "torch"),
     ("trunc.npz", _truncated_npz, ""),
     ("trunc.h5", _truncated_h5, "cannot read"),
@@ -370,7 +378,12 @@ ERROR_CASES = [
     ("unknown.txt", lambda p: open(p, "w").write("1 2 3\n"), "unknown label file type"),
     ("noext", lambda p: open(p, "wb").write(b"\0" * 64), "unknown label file type"),
     ("garbage.pt", lambda p: open(p, "wb").write(b"definitely not a torch file"), ""),
-    ("zero.npy", lambda p: open(p, "wb").write(b""), "cannot read"),
+    ("zero.npy", lambda p: open(p, "wb").write(b""), "not a valid .npy"),
+    ("negdim.npy", lambda p: _npy_header(p, (-1, 16)), "negative dimension"),
+    ("hugedims.npy", lambda p: _npy_header(p, (2**62, 2**62)), "truncated"),
+    ("objects.npy", lambda p: _npy_header(p, (2, 3), descr="|O"), "Python objects"),
+    ("badheader.npy", lambda p: open(p, "wb").write(b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}"),
+     "not a valid .npy"),
 ]
 
 
@@ -469,3 +482,100 @@ def test_load_array_returns_key_kind(tmp_path):
     arr, kind = load_array(path)
     assert kind == "probs"
     assert arr.shape == (12, 16)
+
+
+# --------------------------------------------------------------------------- hostile .npy headers
+def _cli(*args):
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("SLCODEC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "slcodec", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+HOSTILE_NPY = [
+    ((-1, 16), b"", "negative dimension"),
+    ((-(2**62), 4), b"\0" * 64, "negative dimension"),      # numpy warned on two more lines
+    ((-1, 2**62), b"", "negative dimension"),
+    ((2**62, 2**62), b"", "truncated"),
+    ((2**32, 2**31), b"\0" * 64, "truncated"),              # numpy warned on four more lines
+    ((2**63, 2**63, 2**63), b"\0" * 64, "truncated"),
+    ((12, 16), b"\0" * 100, "truncated"),
+]
+HOSTILE_NPY_IDS = ["negative", "negative-huge", "negative-times-huge", "2^62x2^62", "2^32x2^31", "2^63-cubed",
+                   "short-data"]
+
+
+@pytest.mark.parametrize("shape,data,fragment", HOSTILE_NPY, ids=HOSTILE_NPY_IDS)
+def test_hostile_npy_header_is_refused_without_a_warning(tmp_path, shape, data, fragment):
+    import warnings
+    path = str(tmp_path / "x.npy")
+    _npy_header(path, shape, data=data)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=fragment) as exc:
+            load_labels(path)
+    assert str(exc.value).startswith(path + ": ") and "\n" not in str(exc.value)
+    assert [str(w.message) for w in seen] == []
+
+
+@pytest.mark.parametrize("shape,data,fragment", [HOSTILE_NPY[1], HOSTILE_NPY[3]], ids=["negative-huge", "2^62x2^62"])
+def test_hostile_npy_header_is_one_line_and_exit_2(tmp_path, shape, data, fragment):
+    path = tmp_path / "x.npy"
+    _npy_header(str(path), shape, data=data)
+    r = _cli("encode", path, "-o", tmp_path / "x.vqsl", "--codec", "fp16")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"slcodec: error: {path}: "), r.stderr
+    assert fragment in r.stderr and r.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_npy_is_memory_mapped_with_its_layout(tmp_path, fortran):
+    x = make_logits((3, 5, 20))
+    x = np.asfortranarray(x) if fortran else x
+    path = str(tmp_path / "x.npy")
+    np.save(path, x)
+    with open(path, "ab") as f:
+        f.write(b"trailing bytes numpy ignores")
+    arr, _ = load_array(path)
+    assert isinstance(arr, np.memmap) and arr.flags.f_contiguous == fortran
+    np.testing.assert_array_equal(arr, x)
+
+
+# --------------------------------------------------------------------------- HDF5 data kept in other files
+def _external_h5(tmp_path, secret):
+    path = str(tmp_path / "ext.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("logits", shape=(4, 6), dtype="<f4", external=[(str(secret), 0, 96)])
+    return path
+
+
+def _virtual_h5(tmp_path, secret):
+    src = str(tmp_path / "other.h5")
+    with h5py.File(src, "w") as f:
+        f["data"] = np.frombuffer(secret.read_bytes()[:96], "<f4").reshape(4, 6)
+    path = str(tmp_path / "vds.h5")
+    with h5py.File(path, "w") as f:
+        layout = h5py.VirtualLayout(shape=(4, 6), dtype="<f4")
+        layout[:] = h5py.VirtualSource(src, "data", shape=(4, 6))
+        f.create_virtual_dataset("logits", layout)
+    return path
+
+
+@pytest.mark.parametrize("make,fragment", [(_external_h5, "external files"), (_virtual_h5, "virtual dataset")],
+                         ids=["external-storage", "virtual-dataset"])
+def test_h5_data_in_other_files_is_refused(tmp_path, make, fragment):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(24, dtype="<f4").tobytes())  # stands for any file the process can read
+    path = make(tmp_path, secret)
+    with h5py.File(path, "r") as f:  # the control: h5py reads the other file's bytes through it
+        assert np.array_equal(f["logits"][()].reshape(-1), np.arange(24, dtype="<f4"))
+    with pytest.raises(InputError, match=fragment) as exc:
+        load_labels(path)
+    assert path in str(exc.value)
+    out = tmp_path / "x.vqsl"
+    r = _cli("encode", path, "-o", out, "--codec", "fp32")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+    assert not out.exists()
