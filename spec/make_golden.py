@@ -41,6 +41,12 @@ def cases():
         # format 1.3: sparse with a prior over 32 listed classes (ids + 33 levels; the rest share one)
         "v1.3-sparse-k2-prior-classes-logits": (logits16, "sparse", {"k": 2, "prior_classes": 32}, "probs", 1e-6,
                                                 "1.3"),
+        # format 1.4: sq (3-bit levels of companded log-probabilities, one byte each; 8 fitted centroids)
+        "v1.4-sq-b3-logits": (logits16, "sq", {"bits_per_class": 3}, "probs", 1e-6, "1.4"),
+        # format 1.4: imgprior (each image's mean log-probabilities, uint8 companded, + 4 residuals per view)
+        "v1.4-imgprior-k4-logits": (logits16, "imgprior", {"residual_k": 4}, "probs", 1e-6, "1.4"),
+        # ... and with no residuals: each view is its image's mean label (one label needs the top-1 fix)
+        "v1.4-imgprior-k0-logits": (logits16, "imgprior", {"residual_k": 0}, "probs", 1e-6, "1.4"),
         # format 1.2: vq with image_bias (a per-image [images, C] prior added to the decoder's logits)
         "v1.2-vq-image-bias-logits": (np.load(FIXTURE)[:4, :16], "vq",
                                       {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
