@@ -248,6 +248,6 @@ def _load_builtin() -> None:
     import importlib
     import importlib.util
 
-    for name in ("raw", "topk", "sparse", "vq"):
+    for name in ("raw", "topk", "sparse", "vq", "sq", "imgprior"):
         if importlib.util.find_spec(f"{__package__}.{name}") is not None:
             importlib.import_module(f"{__package__}.{name}")
