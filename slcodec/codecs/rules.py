@@ -117,8 +117,8 @@ def check_options(codec_id: str, options, config: dict) -> dict:
         try:
             out[opt.name] = opt.rule.check(config[opt.name])
         except (ValueError, TypeError, OverflowError):
-            raise ConfigError(f"{codec_id}: {opt.name} must be a {opt.rule.describe()}, "
-                              f"got {_short(config[opt.name])}") from None
+            raise ConfigError(f"{codec_id}: {opt.name} must be: {opt.rule.describe()} "
+                              f"(got {_short(config[opt.name])})") from None
     return out
 
 
