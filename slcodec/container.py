@@ -60,6 +60,8 @@ MAX_MSGPACK_DEPTH = 16
 MAX_ARRAY_SPAN_BYTES = 1 << 48
 #: largest decompressed chunk we accept (declared sizes are checked against it before allocating)
 MAX_CHUNK_BYTES = 64 << 20  # writers make ~1 MiB chunks; a small cap bounds what a hostile chunk can allocate
+#: decoded chunks a stream reader keeps (a chunk larger than this is still kept alone)
+STREAM_CACHE_BYTES = 64 << 20
 CHUNK_ENTRY = struct.Struct("<QII")  # end offset, crc32 of the stored chunk bytes, reserved (0)
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_ZSTD_LEVEL = 19
@@ -805,10 +807,15 @@ class StreamReader:
         raw = self._inflate(k)
         arr = _filter_inverse(raw, self.dtype, self.chunk_rows_of(k), self.width, self.sec["filters"])
         arr.setflags(write=False)
-        if len(self._cache) >= 8:  # a small cache: sequential and nearby random reads hit it
+        # a small cache (sequential and nearby random reads hit it), bounded in entries and in
+        # bytes: 8 chunks of ~1 MiB as slcodec writes them, but never 8 chunks of 64 MiB
+        while self._cache and (len(self._cache) >= 8 or self._cache_bytes() + arr.nbytes > STREAM_CACHE_BYTES):
             self._cache.pop(next(iter(self._cache)))
         self._cache[k] = arr
         return arr
+
+    def _cache_bytes(self) -> int:
+        return sum(a.nbytes for a in self._cache.values())
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if not (0 <= start <= stop <= self.rows):

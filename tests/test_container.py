@@ -238,3 +238,24 @@ def test_only_the_specified_filter_order_is_accepted():
     for ok in ([], ["transpose"], ["byteshuffle"], ["transpose", "byteshuffle"]):
         assert _meta_problem(stream(ok)) == [], ok
     assert _meta_problem(stream(["byteshuffle", "transpose"]))[0][0] == "section-content"
+
+
+def test_stream_chunk_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
+    """Up to 8 chunks are cached, but never more than STREAM_CACHE_BYTES of them (a hostile
+    stream of 64 MiB chunks would otherwise keep 512 MiB)."""
+    import slcodec.container as container
+    b = StreamBuilder("uint8", 256, chunk_rows=4)  # 1 KiB chunks
+    b.append((np.arange(16 * 256).reshape(16, 256) % 251).astype(np.uint8))
+    p = tmp_path / "s.vqsl"
+    write(p, streams=[("s", b)])
+    with Container.open(p) as c:
+        s = c.stream("s")
+        for k in range(4):
+            s.read_chunk(k)
+        assert len(s._cache) == 4
+        monkeypatch.setattr(container, "STREAM_CACHE_BYTES", 2500)
+        s._cache.clear()
+        for k in range(4):
+            s.read_chunk(k)
+        assert list(s._cache) == [2, 3]
+        np.testing.assert_array_equal(s.read_rows(0, 16), np.arange(16 * 256).reshape(16, 256) % 251)
