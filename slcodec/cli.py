@@ -28,18 +28,6 @@ class UsageError(SlcodecError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, codec_options: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._codec_options_pending = codec_options
-
-    def parse_known_args(self, args=None, namespace=None):
-        # The codec options come from the codecs' modules: loaded only when a command that
-        # takes them (encode, import) is parsed, so --version, info, stats, verify start fast.
-        if self._codec_options_pending:
-            self._codec_options_pending = False
-            _add_codec_options(self)
-        return super().parse_known_args(args, namespace)
-
     def error(self, message):  # one line, exit 2, as for every other bad input
         sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
         raise UsageError(f"{sub}{message}")
@@ -474,13 +462,24 @@ QUIET_HELP = "print nothing but errors (no summary, no progress bars)"
 VQSL_INPUT_HELP = "a .vqsl file (or the manifest of a sharded set)"
 
 
-def build_parser():
+#: the commands that take the codec options
+CODEC_OPTION_COMMANDS = ("encode", "import")
+
+
+def _command_of(argv) -> str | None:
+    """The command named in ``argv`` (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(codec_options: bool = True):
+    """The parser; ``codec_options=False`` leaves out the options of encode and import, whose
+    building loads every codec's module (main() does so for the other commands, to start fast)."""
     p = _Parser(prog="slcodec", description="Storage codec for the soft labels of dataset distillation.")
     p.add_argument("--version", action="version", version=f"slcodec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    e = sub.add_parser("encode", help="fit a codec on labels and write a .vqsl file", codec_options=True)
+    e = sub.add_parser("encode", help="fit a codec on labels and write a .vqsl file")
     e.add_argument("input", help="labels: .pt, .npy, .npz or .h5 (file.h5:dataset), [N, C] or [images, augs, C]")
     e.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
     e.add_argument("--codec", default=None, help="codec id (default: vq when available, else fp16)")
@@ -497,6 +496,8 @@ def build_parser():
                    help="under torchrun: every rank fits the same codec and encodes its own range into its "
                         "shard; rank 0 writes the manifest OUTPUT")
     e.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    if codec_options:
+        _add_codec_options(e)
     e.set_defaults(func=cmd_encode)
 
     mg = sub.add_parser("merge", help="write a sharded set (its manifest) as one file")
@@ -558,7 +559,7 @@ def build_parser():
     i.set_defaults(func=cmd_info)
 
     im = sub.add_parser("import", help="import a framework's label folder (SRe2L/CDA/LPLD, LPQLD, FKD) with its "
-                                       "augmentation parameters", codec_options=True)
+                                       "augmentation parameters")
     im.add_argument("folder", help="sre2l/lpqld: the folder holding epoch_*/batch_*.tar; fkd: the folder of "
                                    "per-image files")
     im.add_argument("-o", "--output", required=True, help="the .vqsl file to write (replaced atomically)")
@@ -571,6 +572,8 @@ def build_parser():
     im.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
     im.add_argument("--teacher", default=None, help="teacher name stored as provenance")
     im.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    if codec_options:
+        _add_codec_options(im)
     im.set_defaults(func=cmd_import)
 
     ex = sub.add_parser("export", help="write a framework's label folder back from a .vqsl file with an explicit "
@@ -595,7 +598,8 @@ def build_parser():
 
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        args = build_parser(codec_options=_command_of(argv) in CODEC_OPTION_COMMANDS).parse_args(argv)
         return args.func(args)
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
