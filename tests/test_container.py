@@ -259,3 +259,11 @@ def test_stream_chunk_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
             s.read_chunk(k)
         assert list(s._cache) == [2, 3]
         np.testing.assert_array_equal(s.read_rows(0, 16), np.arange(16 * 256).reshape(16, 256) % 251)
+
+
+@pytest.mark.parametrize("size", [15, 16, 255, 256, 65535, 65536])
+def test_msgpack_walk_handles_every_length_width(size):
+    """fix/8/16/32-bit lengths of str, bin, array and map (hypothesis draws only short ones)."""
+    from slcodec.container import _pack_msgpack, _unpack_msgpack
+    for obj in ("s" * size, b"b" * size, [1] * size, {str(i): i for i in range(size)}, 2**size if size < 64 else -1):
+        assert _unpack_msgpack(_pack_msgpack(obj), "value", 1 << 20) == obj
