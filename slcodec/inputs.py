@@ -132,51 +132,60 @@ def _load_torch(path: str, key: str | None):
 
 
 def _load_npy(path: str) -> np.ndarray:
-    """Memory-map a ``.npy`` file after checking its header ourselves: a floating-point dtype,
-    2 or 3 non-negative dimensions, and data the file actually holds (sizes in Python integers,
-    so a hostile shape cannot overflow; numpy's own loader trusts the header)."""
-    from numpy.lib import format as npy_format
+    """Memory-map a ``.npy`` file after checking its header ourselves (:func:`_npy_header`)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # a header numpy would warn about is refused, quietly
-                version = npy_format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = npy_format.read_array_header_1_0(f)
-                elif version in ((2, 0), (3, 0)):  # 3.0 differs only in allowing UTF-8 field names
-                    shape, fortran, dtype = npy_format.read_array_header_2_0(f)
-                else:
-                    raise InputError(f"{path}: .npy format version {version[0]}.{version[1]} is not supported")
-        except InputError:
-            raise
-        except (ValueError, SyntaxError, TypeError, EOFError, OverflowError, Warning) as exc:
-            raise InputError(f"{path}: not a valid .npy file ({_one_line(exc)[:160]})") from None
-        offset = f.tell()
+        dims, fortran, dtype, offset = _npy_header(f, os.fstat(f.fileno()).st_size, path)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(dims), order="F" if fortran else "C")
+
+
+def _npy_header(f, size: int, where: str):
+    """Read and check an npy header from ``f`` (``size`` bytes in all): a floating-point dtype,
+    2 or 3 non-negative dimensions, and data the file actually holds (sizes in Python integers,
+    so a hostile shape cannot overflow; numpy's own loader trusts the header and warns or fails
+    on the way).  Returns (dims, fortran_order, dtype, data offset)."""
+    from numpy.lib import format as npy_format
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a header numpy would warn about is refused, quietly
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):  # 3.0 differs only in allowing UTF-8 field names
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:
+                raise InputError(f"{where}: .npy format version {version[0]}.{version[1]} is not supported")
+    except InputError:
+        raise
+    except (ValueError, SyntaxError, TypeError, EOFError, OverflowError, Warning) as exc:
+        raise InputError(f"{where}: not a valid .npy file ({_one_line(exc)[:160]})") from None
+    offset = f.tell()
     if dtype.hasobject:
-        raise InputError(f"{path}: holds Python objects (dtype {dtype}); only numeric labels are read (no pickle)")
+        raise InputError(f"{where}: holds Python objects (dtype {dtype}); only numeric labels are read (no pickle)")
     if dtype.kind != "f":
-        raise InputError(f"{path}: labels are {dtype}, expected floating point")
+        raise InputError(f"{where}: labels are {dtype}, expected floating point")
     dims = list(shape)
     if any(not isinstance(d, int) or d < 0 for d in dims):
-        raise InputError(f"{path}: the .npy header declares shape {dims}, with a negative dimension")
+        raise InputError(f"{where}: the .npy header declares shape {dims}, with a negative dimension")
     if len(dims) not in (2, 3):
-        raise InputError(f"{path}: labels have shape {dims}; expected [N, C] or [images, augmentations, C]")
+        raise InputError(f"{where}: labels have shape {dims}; expected [N, C] or [images, augmentations, C]")
     count = 1
     for d in dims:
         count *= d
     if count == 0:
-        raise InputError(f"{path}: labels are empty (shape {dims})")
+        raise InputError(f"{where}: labels are empty (shape {dims})")
     nbytes = count * dtype.itemsize
     if nbytes > size - offset:
-        raise InputError(f"{path}: the .npy header declares shape {dims} of {dtype} ({nbytes:,} bytes), but the "
+        raise InputError(f"{where}: the .npy header declares shape {dims} of {dtype} ({nbytes:,} bytes), but the "
                          f"file holds {max(0, size - offset):,} bytes of data (truncated or damaged)")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(dims), order="F" if fortran else "C")
+    return dims, fortran, dtype, offset
 
 
 def _load_npz(path: str, key: str | None):
     with np.load(path, allow_pickle=False) as z:
         name, kind = _pick({name: name for name in z.files}, key, path)
+        member = name if name in z.zip.namelist() else name + ".npy"
+        with z.zip.open(member) as f:  # the member's header, checked as a .npy file's is
+            _npy_header(f, z.zip.getinfo(member).file_size, f"{path}:{name}")
         return z[name], kind
 
 

@@ -300,11 +300,15 @@ def test_as_source_accepts_torch_tensors():
 
 # --------------------------------------------------------------------------- errors
 def _npy_header(path, shape, descr="<f4", fortran=False, data=b""):
-    """A .npy file with any header (numpy writes what it is given) followed by ``data``."""
+    """A .npy file (a path or a file object) with any header (numpy writes what it is given)
+    followed by ``data``."""
     from numpy.lib import format as npy_format
+    if not isinstance(path, str):
+        npy_format.write_array_header_1_0(path, {"descr": descr, "fortran_order": fortran, "shape": shape})
+        path.write(data)
+        return
     with open(path, "wb") as f:
-        npy_format.write_array_header_1_0(f, {"descr": descr, "fortran_order": fortran, "shape": shape})
-        f.write(data)
+        _npy_header(f, shape, descr, fortran, data)
 
 
 def _save_npy(arr):
@@ -374,7 +378,7 @@ ERROR_CASES = [
     ("trunc.h5", _truncated_h5, "cannot read"),
     ("dictint.pt", _save_pt({"a": 1}), "holds a int"),
     ("list.pt", _save_pt([torch.zeros(3, 4)]), "holds a list"),
-    ("objects.npz", lambda p: np.savez(p, a=np.array([{"x": 1}], dtype=object)), "cannot read"),
+    ("objects.npz", lambda p: np.savez(p, a=np.array([{"x": 1}], dtype=object)), "Python objects"),
     ("unknown.txt", lambda p: open(p, "w").write("1 2 3\n"), "unknown label file type"),
     ("noext", lambda p: open(p, "wb").write(b"\0" * 64), "unknown label file type"),
     ("garbage.pt", lambda p: open(p, "wb").write(b"definitely not a torch file"), ""),
@@ -517,6 +521,24 @@ def test_hostile_npy_header_is_refused_without_a_warning(tmp_path, shape, data, 
         with pytest.raises(InputError, match=fragment) as exc:
             load_labels(path)
     assert str(exc.value).startswith(path + ": ") and "\n" not in str(exc.value)
+    assert [str(w.message) for w in seen] == []
+
+
+@pytest.mark.parametrize("shape,data,fragment", HOSTILE_NPY, ids=HOSTILE_NPY_IDS)
+def test_hostile_npy_header_in_an_npz_is_refused_the_same_way(tmp_path, shape, data, fragment):
+    import io
+    import warnings
+    import zipfile
+    member = io.BytesIO()
+    _npy_header(member, shape, data=data)
+    path = str(tmp_path / "x.npz")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("logits.npy", member.getvalue())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=fragment) as exc:
+            load_labels(path)
+    assert str(exc.value).startswith(path + ":logits: ")
     assert [str(w.message) for w in seen] == []
 
 
