@@ -120,11 +120,11 @@ class ImagePriorCodec(Codec):
     codec_id = "imgprior"
     decode_owns_output = True
     options = (
-        Option("residual_k", int, 4, "imgprior: classes corrected per view (0: each view decodes to its "
+        Option("residual_k", int, 4, "classes corrected per view (0: each view decodes to its "
                "image's mean label)", rule=Int(0, limits.MAX_CLASSES)),
-        Option("residual_step", float, 0.125, "imgprior: step of the stored residual log-probabilities (nats; "
+        Option("residual_step", float, 0.125, "step of the stored residual log-probabilities (nats; "
                "int8, so +-127 steps)", rule=Float(0.0, MAX_STEP, lo_open=True)),
-        Option("top1_margin", float, 0.1, "sq, imgprior: where the top-1 class is stored, its decoded logit "
+        Option("top1_margin", float, 0.1, "where the top-1 class is stored, its decoded logit "
                "exceeds the others by at least this (nats)", rule=Float(0.0, MAX_MARGIN, lo_open=True)),
         Option("fit_sample", int, 100_000, "labels the fit uses (evenly spaced)", rule=Int(1, 1 << 40)),
     )

@@ -94,12 +94,12 @@ class ScalarQuantCodec(Codec):
     codec_id = "sq"
     decode_owns_output = True
     options = (
-        Option("bits_per_class", int, 3, f"sq: bits per class value ({MIN_BITS}-{MAX_BITS}): "
+        Option("bits_per_class", int, 3, f"bits per class value ({MIN_BITS}-{MAX_BITS}): "
                f"2**bits levels of sqrt(-log p)", rule=Int(MIN_BITS, MAX_BITS)),
-        Option("quantiser", str, "lloyd", "sq: how the level edges are fitted: 'lloyd' (Lloyd-Max in "
+        Option("quantiser", str, "lloyd", "how the level edges are fitted: 'lloyd' (Lloyd-Max in "
                "sqrt(-log p), from the quantiles) or 'quantile' (equally filled levels)",
                choices=("lloyd", "quantile"), rule=Choice(("lloyd", "quantile"))),
-        Option("top1_margin", float, 0.1, "sq, imgprior: where the top-1 class is stored, its decoded logit "
+        Option("top1_margin", float, 0.1, "where the top-1 class is stored, its decoded logit "
                "exceeds the others by at least this (nats)", rule=Float(0.0, MAX_MARGIN, lo_open=True)),
         Option("fit_sample", int, 100_000, "labels the fit uses (evenly spaced)", rule=Int(1, 1 << 40)),
     )
