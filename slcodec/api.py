@@ -52,7 +52,8 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     file reads, block by block, so inputs larger than memory stream through.
 
     ``shard_rows`` (or ``shards``, a number of shards of equal size): write a sharded set
-    (format 1.1): ``path`` is the manifest and the shards are ``NAME-00000.vqsl``, ... beside it.
+    (format 1.1): ``path`` is the manifest and the shards are ``NAME-TOKEN-00000.vqsl``, ... beside it
+    (``TOKEN``: 8 hex digits, new for each write).
     """
     src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
     codec_id = codec or default_codec()

@@ -489,8 +489,8 @@ def build_parser(codec_options: bool = True):
     e.add_argument("--seed", type=int, default=0, help="seed for fitting (default 0)")
     e.add_argument("--teacher", default=None, help="teacher name stored as provenance")
     e.add_argument("--shard-rows", type=int, default=None,
-                   help="write a sharded set (format 1.1): OUTPUT is the manifest, shards of this many labels "
-                        "are OUTPUT-00000.vqsl, ... beside it")
+                   help="write a sharded set (format 1.1): OUTPUT (NAME.vqsl) is the manifest, shards of this many "
+                        "labels are NAME-TOKEN-00000.vqsl, ... beside it (TOKEN: 8 hex digits, new for each write)")
     e.add_argument("--shards", type=int, default=None, help="write a sharded set of this many equal shards")
     e.add_argument("--distributed", action="store_true",
                    help="under torchrun: every rank fits the same codec and encodes its own range into its "
