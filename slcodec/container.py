@@ -189,9 +189,6 @@ def _pack_msgpack(obj) -> bytes:
 #: the order in which a writer applies the filters (a reader undoes them in reverse); a stream
 #: that lists them in another order is rejected: byteshuffle leaves no elements to transpose
 FILTER_ORDER = ("transpose", "byteshuffle")
-#: zstd frame magic numbers (RFC 8878): a data frame, and the range of skippable frames
-ZSTD_MAGIC = 0xFD2FB528
-ZSTD_BLOCK_HEADER = 3
 
 
 def _filter_forward(block: np.ndarray, filters: list[str]) -> bytes:
