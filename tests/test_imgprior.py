@@ -80,6 +80,7 @@ def test_decoded_values_follow_the_streams(tmp_path):
     a = prior_logits(torch.from_numpy(levels.copy()), torch.from_numpy(rng.copy())).numpy()[np.arange(512) // 64]
     want = a + tail * np.float32(0.25)
     np.put_along_axis(want, ids, np.take_along_axis(a, ids, 1) + res * np.float32(0.25), 1)
+    assert (np.diff(ids, axis=1) > 0).all()          # written in increasing id order
     plain = top1 == 0
     assert np.array_equal(z[plain], want[plain])
     lp = torch.log_softmax(torch.from_numpy(x.reshape(512, 1000)), 1).numpy()

@@ -23,8 +23,9 @@ Parameters (``G`` = images, or 1 for a flat set)
     40 nats below); classes deeper than ``PRIOR_DEPTH`` = 64 nats get level 255.
 
 Streams (one row per label)
-    ``ids`` ``[n, k]`` (uint16; uint32 when C > 65536): the stored classes, no class twice, in
-    decreasing order of ``|log p_c - a_c| * max(p_c, softmax(a)_c)`` (ties: the lower id);
+    ``ids`` ``[n, k]`` (uint16; uint32 when C > 65536): the stored classes, no class twice, any
+    order (this encoder: the k of largest ``|log p_c - a_c| * max(p_c, softmax(a)_c)``, ties to the
+    lower id, written in increasing id order, which zstd codes in fewer bits);
     ``residuals`` int8 ``[n, k]`` in -127..127: ``round((log p_c - a_c) / residual_step)``;
     ``tail`` int8 ``[n, 1]`` in -127..127: ``round(log(P / Q) / residual_step)`` with ``P`` the
     view's probability outside the stored classes and ``Q`` the sum of ``exp(a_c)`` over them
@@ -273,6 +274,9 @@ class ImagePriorCodec(Codec):
             # of the two probabilities (on the fixture: lower KL at T = 1 and 4 than |p - q|)
             p = lp.exp()
             ids = _select((lp - a).abs() * torch.maximum(p, torch.softmax(a, dim=1)), k)
+            # in increasing id order: the container's column-major zstd chunks then code them in fewer
+            # bits (fixture, k = 20: 158 against 191 bits per label; Fashion-MNIST, k = 3: 4.1 against 7.3)
+            ids = ids.sort(dim=1).values
             res = torch.round((lp.gather(1, ids) - a.gather(1, ids)) / step).clamp(-127, 127)
             # the other classes keep the prior's shape, shifted to carry the view's own tail mass
             # (a difference 1 - sum(stored) would amplify the stored values' rounding)
