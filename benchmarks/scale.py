@@ -233,7 +233,26 @@ class TiledCorpus:
         return x
 
     def block(self, lo, hi) -> np.ndarray:
-        return self.rows(np.arange(lo, hi, dtype=np.int64))
+        """Rows ``[lo, hi)``: the same values as ``rows(arange(lo, hi))``, read as contiguous runs of
+        the corpus (one per copy) with slices of the noise bank instead of gathers."""
+        out = np.empty((hi - lo, self.classes), dtype=np.float32)
+        pos = lo
+        while pos < hi:
+            c, b0 = divmod(pos, self.base_rows)
+            b1 = min(self.base_rows, b0 + (hi - pos))
+            seg = out[pos - lo:pos - lo + (b1 - b0)]
+            seg[:] = self.reader.read(b0, b1)
+            img = np.arange(b0, b1) // self.views
+            seg *= self.scale[c, img][:, None]
+            k0 = (b0 + int(self.offset[c])) % BANK_ROWS
+            done = 0
+            while done < b1 - b0:                       # the bank rows, wrapping around
+                take = min(b1 - b0 - done, BANK_ROWS - k0)
+                seg[done:done + take] += self.bank[k0:k0 + take]
+                done += take
+                k0 = 0
+            pos += b1 - b0
+        return out
 
 
 class WideLabels:
@@ -756,21 +775,22 @@ def cmd_wide(args):
     clock = StepClock()
     w = slcodec.Writer(path, codec="vq", classes=args.classes, seed=args.seed, fit_sample=args.fit_sample,
                        progress=clock, **opts)
-    assign = [0.0]
+    assign = [0.0, 0.0]
     enc = w.codec.encode
 
     def timed_encode(*a, **k):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return enc(*a, **k)
         finally:
             assign[0] += time.perf_counter() - t0
+            assign[1] += time.process_time() - c0
     w.codec.encode = timed_encode
     idx = evenly_spaced(n, w.fit_sample)
     sample = gen.rows(idx).astype(np.float16)        # the fit sample as a teacher's FP16 labels
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     w.fit(sample)
-    t_fit = time.perf_counter() - t0
+    t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
     del sample
     steps = w.codec.config["steps"]
     sp = clock.split(t_fit)
@@ -790,7 +810,8 @@ def cmd_wide(args):
     w.close()
     t_close = time.perf_counter() - t0
     summ = file_summary(path)
-    res["times"] = {"fit_s": t_fit, "fit_steps": steps, "fit_split": sp, "assign_s": assign[0],
+    res["times"] = {"fit_s": t_fit, "fit_cpu_s": c_fit, "fit_steps": steps, "fit_split": sp,
+                    "assign_cpu_s": assign[1], "assign_labels_per_cpu_s": n / assign[1], "assign_s": assign[0],
                     "assign_labels_per_s": n / assign[0], "writing_s": t_app - assign[0] + t_close,
                     "generator_s": t_gen}
     res["file"] = summ
@@ -806,18 +827,78 @@ def cmd_wide(args):
             for rep in range(args.repeats):
                 calls = max(1, 8192 // bs)
                 idxs = [np.sort(rng.choice(n, bs, replace=False)) for _ in range(calls)]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for ix in idxs:
                     r.decode(ix, as_="probs", temperature=4.0)
-                rates.append(calls * bs / (time.perf_counter() - t0))
-            dec[bs] = {"labels_per_s": statistics.median(rates), "all": rates}
-            print(f"decode batch {bs}: {dec[bs]['labels_per_s']:,.0f} labels/s", flush=True)
+                rates.append((calls * bs / (time.perf_counter() - t0), calls * bs / (time.process_time() - c0)))
+            dec[bs] = {"labels_per_s": statistics.median(r[0] for r in rates),
+                       "labels_per_cpu_s": statistics.median(r[1] for r in rates), "all": rates}
+            print(f"decode batch {bs}: {dec[bs]['labels_per_s']:,.0f} labels/s "
+                  f"({dec[bs]['labels_per_cpu_s']:,.0f}/CPU s)", flush=True)
     res["decode"] = dec
     res["peak"] = {"VmHWM_mib": proc_status()["VmHWM"], "max_VmRSS_mib": sampler.all_rss}
     sampler.stop()
     _save(res, args.json or os.path.join(RESULTS, f"scale_wide_{n}.json"))
     if not args.keep:
         os.remove(path)
+
+
+# --------------------------------------------------------------------------- projection
+def cmd_project(args):
+    """ImageNet-21K IPC 10 x 300 views, projected from the measured runs (every input is a result file)."""
+    load = lambda p: json.load(open(p))  # noqa: E731
+    st, de, wi = load(args.stream), load(args.decode), load(args.wide)
+    cl = load(args.cli) if args.cli else None
+    C = wi["classes"]
+    N = C * args.ipc * args.views
+    bits = {"C=1000 stream run": st["file"]["marginal_bits_per_label"],
+            f"C={C} wide run": wi["file"]["marginal_bits_per_label"]}
+    fixed = wi["file"]["fixed_bytes"]
+    size = {k: N * b / 8 + fixed for k, b in bits.items()}
+    fp16 = N * C * 2
+    t = wi["times"]
+    sp = t["fit_split"]
+    core_share = t["fit_cpu_s"] / t["fit_s"]               # the share of a core the fit got here
+    fit_here = args.steps * sp["median_step_s"] + sp["outside_steps_s"]
+    fit_idle = fit_here * core_share
+    assign_here = N / t["assign_labels_per_s"]
+    assign_cpu = N / t["assign_labels_per_cpu_s"]          # CPU seconds, 1 thread
+    write_cpu = N * (st["cpu_times"]["chunk_zstd_spool_s"] + st["cpu_times"]["close_write_verify_s"]) / st["n"]
+    procs = {}
+    for P in args.procs:
+        procs[P] = fit_idle + (assign_cpu + write_cpu) / P
+    # decode: the codec at C (wide run, batch 256, 1 thread) + random access to streams above the resident cap
+    rows = {r["mode"]: r for r in de["rows"] if r["workers"] == 0}
+    res_rate = rows["resident"]["large"]["labels_per_decode_cpu_s"]
+    chk_rate = rows["chunked"]["large"]["labels_per_decode_cpu_s"] if "chunked" in rows else None
+    access = (1 / chk_rate - 1 / res_rate) if chk_rate else 0.0
+    dec_wide = 1 / wi["decode"]["256"]["labels_per_cpu_s"]
+    bytes_per_label = 8                                     # codes uint8 x 6 + top1 uint16 (default vq, C < 65,536)
+    out = {"labels": N, "classes": C, "ipc": args.ipc, "views": args.views, "fp16_bytes": fp16,
+           "streams_bits_per_label": bits, "fixed_bytes": fixed, "file_bytes": size,
+           "fit_steps": args.steps, "fit_s_here": fit_here, "fit_core_share_here": core_share,
+           "fit_s_one_idle_core": fit_idle, "assign_s_here": assign_here, "assign_cpu_s": assign_cpu,
+           "write_cpu_s": write_cpu, "encode_s_on_P_idle_processes": procs,
+           "decode_cpu_s_per_label_codec": dec_wide, "decode_cpu_s_per_label_stream_access_above_cap": access,
+           "resident_stream_bytes": N * bytes_per_label,
+           "decode_cpu_ms_per_step": {B: B * (dec_wide + access) * 1e3 for B in (256, 1024)},
+           "inputs": {k: os.path.relpath(v, ROOT) for k, v in
+                      (("stream", args.stream), ("decode", args.decode), ("wide", args.wide)) if v}}
+    if cl:
+        out["inputs"]["cli"] = os.path.relpath(args.cli, ROOT)
+    print(f"ImageNet-{C} IPC {args.ipc} x {args.views} views: {N:,} labels; FP16 {fp16 / 1e12:.2f} TB")
+    for k, v in size.items():
+        print(f"  file at the {k}'s stream rate ({bits[k]:.2f} bits/label) + fixed {fixed:,} bytes: "
+              f"{v / 1e6:,.0f} MB ({fp16 / v:,.0f}x smaller than FP16)")
+    print(f"  fit ({args.steps} steps): {fit_here / 3600:.2f} h as measured here ({core_share:.0%} of a core), "
+          f"{fit_idle / 3600:.2f} h on an idle core")
+    print(f"  assignment: {assign_here / 3600:.1f} h as measured here; {assign_cpu / 3600:.1f} CPU h "
+          f"(+ writing {write_cpu / 3600:.2f} CPU h)")
+    for P, v in procs.items():
+        print(f"  encode on {P} idle single-thread processes (each fits the same codec): {v / 3600:.2f} h")
+    print(f"  decode: {dec_wide * 1e6:.0f} CPU us/label (codec) + {access * 1e6:.0f} us/label (stream access above "
+          f"the resident cap): " + ", ".join(f"batch {B}: {v:.0f} CPU ms" for B, v in out["decode_cpu_ms_per_step"].items()))
+    _save(out, args.json or os.path.join(RESULTS, "scale_projection.json"))
 
 
 def main():
@@ -867,8 +948,19 @@ def main():
     wd.add_argument("--batch", type=int, default=4096)
     wd.add_argument("--fit-sample", type=int, default=16384)
     wd.add_argument("--repeats", type=int, default=3)
+    pr = sub.add_parser("project")
+    pr.add_argument("--stream", required=True, help="scale_stream_*.json")
+    pr.add_argument("--decode", required=True, help="scale_decode_*.json (with the chunked rows)")
+    pr.add_argument("--wide", required=True, help="scale_wide_*.json")
+    pr.add_argument("--cli", default=None, help="scale_cli_*.json")
+    pr.add_argument("--ipc", type=int, default=10)
+    pr.add_argument("--views", type=int, default=300)
+    pr.add_argument("--steps", type=int, default=3000, help="fit steps of the projected encode (vq default)")
+    pr.add_argument("--procs", type=int, nargs="+", default=[2, 8, 64])
+    pr.add_argument("--json", default=None)
     args = ap.parse_args()
-    {"stream": cmd_stream, "decode": cmd_decode, "cli": cmd_cli, "wide": cmd_wide}[args.cmd](args)
+    {"stream": cmd_stream, "decode": cmd_decode, "cli": cmd_cli, "wide": cmd_wide,
+     "project": cmd_project}[args.cmd](args)
 
 
 if __name__ == "__main__":
