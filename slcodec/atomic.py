@@ -11,7 +11,9 @@ temporary is removed and an existing output is left as it was.  No torch, no num
   Their names carry the writer's host and process id, so the next write of the same output
   removes the ones whose process is gone (:func:`remove_stale_temps`); temporaries of a
   live process, of another host (a shared file system) or of another naming scheme are
-  never touched.
+  never touched.  (Host means host name: containers that share both a host name and the
+  output folder but not a process-id namespace can see each other's live writers as gone;
+  the write whose temporary was removed then fails cleanly, the old output intact.)
 
 :class:`AtomicFile` is the file writer (the container writer writes through its file
 object), :func:`atomic_path` lends a temporary path to code that writes by name
