@@ -270,6 +270,9 @@ def _stats(path) -> dict:
 
 def cmd_stats(args):
     from .stats import format_stats
+    bad = [t for t in args.temperature if not (0 < t < float("inf"))]
+    if bad:
+        raise UsageError(f"--temperature must be positive and finite, got {bad[0]:g}")
     s = _stats(args.input)
     if args.reference:
         from . import api

@@ -225,6 +225,8 @@ def test_stats_reference_reports_kl_at_each_temperature_with_spread(topk_file):
     assert len(re.findall(r"^\s+(1|4)\s+\d+\.\d{5}\s+\d+\.\d{5}\s+\d+\.\d{5}\s+\d+\.\d{5}$", text, re.M)) == 2, text
     r = run_cli("stats", folder / "x.vqsl", "--temperature", "2")
     assert r.returncode == 2 and "--reference" in r.stderr
+    r = run_cli("stats", folder / "x.vqsl", "--reference", folder / "x.npy", "--temperature", "0")
+    assert r.returncode == 2 and "positive" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 # --------------------------------------------------------------------------- 7: decode's output format
