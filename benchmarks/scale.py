@@ -402,7 +402,8 @@ def cmd_stream(args):
     opts = vq_options(args)
     os.makedirs(args.work, exist_ok=True)
     path = os.path.join(args.work, f"stream_{n}.vqsl")
-    res = {"what": "stream", "n": n, "shape": shape, "codec": "vq", "vq_options": opts, "batch": args.batch,
+    out_json = args.json or os.path.join(RESULTS, f"scale_stream_{n}.json")
+    res = {"what": "stream", "complete": False, "n": n, "shape": shape, "codec": "vq", "vq_options": opts, "batch": args.batch,
            "labels": gen.describe(), "machine": machine(), "rss_start_mib": mem0, "checkpoints": []}
     print(f"stream: {n:,} labels {shape} x {gen.classes} from {gen.describe()['source']} "
           f"({gen.base_rows:,} real rows, tiled {gen.copies}x with a seeded per-copy perturbation); "
@@ -469,8 +470,10 @@ def cmd_stream(args):
                    "max_RssAnon_since_last_mib": anon_max,
                    "spool_bytes": sum(b.spooled_bytes for b in w._builders.values())}
             res["checkpoints"].append(row)
+            _save(res, out_json, quiet=True)   # a run cut short still leaves its checkpoints
             rate = hi / max(1e-9, time.perf_counter() - t_stream)
-            print(f"{'*' if mark else ' '} {hi:>11,} labels  {row['elapsed_s']:7.1f} s  ({rate:,.0f} labels/s streamed)  "
+            row["eta_s"] = (n - hi) / rate                  # at the rate so far (a linear extrapolation)
+            print(f"{'*' if mark else ' '} {hi:>11,} labels  {row['elapsed_s']:7.1f} s  ({rate:,.0f} labels/s streamed, {row['eta_s'] / 60:.0f} min to go)  "
                   f"assign {hi / max(1e-9, assign[0]):,.0f}/s ({hi / max(1e-9, assign[1]):,.0f}/CPU s)  "
                   f"load {os.getloadavg()[0]:.1f}  VmRSS {mib(s['VmRSS'])} (max since last {mib(rss_max)})  RssAnon {mib(s['RssAnon'])} "
                   f"(max {mib(anon_max)})  VmHWM {mib(s['VmHWM'])}  spooled {row['spool_bytes'] / 2**20:,.1f} MiB",
@@ -512,7 +515,8 @@ def cmd_stream(args):
     write_with_codec(base_path, w.codec, "vq", opts, gen, nb, lead_shape(nb, gen.views), args.batch)
     res["baseline_file"] = {"n": nb, **file_summary(base_path)}
     sampler.stop()
-    _save(res, args.json or os.path.join(RESULTS, f"scale_stream_{n}.json"))
+    res["complete"] = True
+    _save(res, out_json)
     if args.decode:
         dj = os.path.join(RESULTS, f"scale_decode_{n}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "decode", path, "--baseline", base_path,
@@ -520,17 +524,19 @@ def cmd_stream(args):
         print("\n" + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         res["decode_json"] = os.path.relpath(dj, ROOT)
-        _save(res, args.json or os.path.join(RESULTS, f"scale_stream_{n}.json"))
+        _save(res, out_json)
     if not args.keep:
         for p in (path, base_path):
             os.remove(p)
 
 
-def _save(res, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+def _save(res, path, quiet=False):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(res, f, indent=1)
-    print(f"wrote {os.path.relpath(path, ROOT)}", flush=True)
+    os.replace(path + ".tmp", path)
+    if not quiet:
+        print(f"wrote {os.path.relpath(path, ROOT)}", flush=True)
 
 
 # --------------------------------------------------------------------------- decode
