@@ -51,7 +51,9 @@ class Context:
     classes: int = 0
     device: str = "cpu"                # torch device for fitting / encoding / decoding
     seed: int = 0
-    progress: Callable[[int, int, str], None] | None = None  # progress(done, total, what)
+    #: progress(done, total, what); ``what`` names the stage, optionally followed by ": " and a
+    #: status shown beside the bar (e.g. "vq fit: loss 0.0412")
+    progress: Callable[[int, int, str], None] | None = None
     log: Callable[[str], None] | None = None
     #: leading shape of the whole label set: (N,) or (images, augmentations); None if unknown
     label_shape: tuple | None = None
