@@ -1,8 +1,22 @@
-"""Long mutation-fuzz run of the reader (the CI test runs a bounded count through hypothesis).
+"""Long fuzz runs of the reader (the CI tests run a bounded count through hypothesis).
 
-    python benchmarks/fuzz.py --cases 100000 [--seed 0]
+    nice -n 19 python benchmarks/fuzz.py --cases 100000 [--seed 0] [--workers 2] [--json OUT]
+    nice -n 19 python benchmarks/fuzz.py --mode atheris --seconds 600 [--json OUT]
+    python benchmarks/fuzz.py --mode bytes --cases 100000
 
-Each case mutates a golden file (byte flips, overwrites, truncations, insertions, deletions,
+--mode structural (the default; benchmarks/fuzz_structural.py): checksum-fixing structural
+mutations (benchmarks/fuzz_mutate.py on the model of benchmarks/fuzz_model.py) of files of every
+codec and of sharded sets; each case is opened, decoded whole and verified (and `info --json`
+run on what verify accepts) in a worker process under a 4 GiB address-space limit, with a
+10 s CPU-time limit per case; classes: accepted, rejected (slcodec's own errors), bug (any
+other exception), hang, memory, false verdict, and accepted-but-breaks-a-rule (the
+independent checker benchmarks/fuzz_check.py).  Failures are shrunk to the fewest mutation
+steps and saved under benchmarks/results/fuzz_failures/.
+
+--mode atheris: coverage-guided fuzzing (atheris / libFuzzer) of the same target, its inputs
+mutated by libFuzzer's byte mutator and by the structural mutator (checksums fixed).
+
+--mode bytes (the first fuzzer, in-process): each case mutates a golden file (byte flips, overwrites, truncations, insertions, deletions,
 splices; 1-4 at a time), then opens it, decodes every label and verifies every byte.
 Counted: rejected with FormatError (expected), accepted (must be the untouched file),
 any other exception (a crash: a bug), cases over 5 s (a hang), the peak Python-tracked
@@ -50,11 +64,7 @@ def random_mutations(rng, size):
     return muts
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", type=int, default=10000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def bytes_main(args):
     rng = random.Random(args.seed)
     counts = {"rejected": 0, "accepted_unchanged": 0, "accepted_changed": 0, "crash": 0, "hang": 0}
     worst_ratio, crashes, rules, worst_case = 0.0, [], {}, None
@@ -103,6 +113,30 @@ def main():
     for c in crashes[:20]:
         print("  CRASH", c)
     return 1 if counts["crash"] or counts["hang"] or counts["accepted_changed"] else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["structural", "bytes", "atheris"], default="structural")
+    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="structural: worker processes (default 2)")
+    ap.add_argument("--json", help="structural/atheris: write the figures here (also every 2,000 cases)")
+    ap.add_argument("--failures", default=os.path.join(HERE, "results", "fuzz_failures"),
+                    help="structural: where minimal reproducers of failures go")
+    ap.add_argument("--seconds", type=int, default=600, help="atheris: run time")
+    ap.add_argument("--replay", help="run one saved reproducer folder (its files, main.txt) and print the verdict")
+    args = ap.parse_args()
+    if args.replay:
+        from fuzz_structural import replay
+        return replay(args.replay)
+    if args.mode == "bytes":
+        return bytes_main(args)
+    if args.mode == "atheris":
+        from fuzz_structural import atheris_main
+        return atheris_main(args)
+    from fuzz_structural import structural_main
+    return structural_main(args)
 
 
 if __name__ == "__main__":
