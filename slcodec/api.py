@@ -10,6 +10,7 @@ import numpy as np
 
 from . import __version__, limits
 from .codecs.base import Context, get_codec_class
+from .codecs.rules import check_stored
 from .container import Container
 from .errors import ConfigError, FormatError, ResourceError, SlcodecError
 from .inputs import LabelSource, as_source
@@ -177,7 +178,10 @@ class Reader:
         self.count = lab["count"]
         self.codec_id = h["codec"]["id"]
         try:
-            self.codec = get_codec_class(self.codec_id).from_config(h["codec"]["config"])
+            codec_cls = get_codec_class(self.codec_id)
+            if isinstance(h["codec"]["config"], dict):
+                check_stored(self.codec_id, codec_cls.options, h["codec"]["config"])
+            self.codec = codec_cls.from_config(h["codec"]["config"])
         except ConfigError as exc:
             raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
         except TypeError as exc:

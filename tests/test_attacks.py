@@ -98,6 +98,17 @@ def topk_file(ids, values, classes=10, k=None, tamper=None, extra_array=None, st
     return make
 
 
+def golden_header_edit(name, fn):
+    """A golden file with its header edited by ``fn`` (checksums recomputed)."""
+    def make():
+        data = open(os.path.join(GOLDEN, name), "rb").read()
+        _, h = parse(data)
+        h = copy.deepcopy(h)
+        fn(h)
+        return rebuild(data, header=h)
+    return make
+
+
 IDS = np.tile(np.arange(3, dtype=np.uint16), (6, 1))
 VALS = np.full((6, 3), 0.2, dtype=np.float16)
 
@@ -331,6 +342,9 @@ CASES = {
     "unknown-codec": ("codec", header_edit(lambda h: h["codec"].update(id="nope"))),
     "bad-codec-config": ("codec", header_edit(lambda h: h["codec"].update(config={"k": 0}))),
     "unknown-codec-option": ("codec", header_edit(lambda h: h["codec"].update(config={"k": 5, "evil": 1}))),
+    # found by benchmarks/fuzz.py: a bare number where FORMAT.md's vq table says a list
+    "vq-temperature-not-a-list": ("codec", golden_header_edit(
+        "v1.2-vq-image-bias-logits.vqsl", lambda h: h["codec"]["config"].update(temperature=4096))),
     # rule: codec-params
     "unexpected-params": ("codec-params", topk_file(IDS, VALS, extra_array=np.zeros(4, np.float32))),
     # rule: codec-streams

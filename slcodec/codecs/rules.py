@@ -122,6 +122,16 @@ def check_options(codec_id: str, options, config: dict) -> dict:
     return out
 
 
+def check_stored(codec_id: str, options, config: dict) -> None:
+    """The rules of a config read from a file, where FORMAT.md's tables hold exactly: a list
+    option is a list (a caller may pass a bare number for a list of one; a writer always stores
+    the list, so a bare number in a file is a value of another type)."""
+    for opt in options:
+        if isinstance(opt.rule, FloatList) and opt.name in config and not isinstance(config[opt.name], list):
+            raise ConfigError(f"{codec_id}: {opt.name} must be: {opt.rule.describe()} "
+                              f"(got {_short(config[opt.name])})")
+
+
 def bounds_table(codec_cls) -> list[str]:
     """The rows of FORMAT.md's bounds table of ``codec_cls``: ``| `key` | rule |``."""
     return [f"| `{o.name}` | {o.rule.describe()} |" for o in codec_cls.options if o.rule is not None]
