@@ -36,9 +36,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from slcodec.errors import FormatError  # noqa: E402
-from test_attacks import full_read  # noqa: E402
-from test_fuzz import SEEDS, apply  # noqa: E402
 
 
 class Hang(Exception):
@@ -65,6 +62,10 @@ def random_mutations(rng, size):
 
 
 def bytes_main(args):
+    # imported here: the atheris mode must import slcodec itself, under its instrumentation
+    from slcodec.errors import FormatError
+    from test_attacks import full_read
+    from test_fuzz import SEEDS, apply
     rng = random.Random(args.seed)
     counts = {"rejected": 0, "accepted_unchanged": 0, "accepted_changed": 0, "crash": 0, "hang": 0}
     worst_ratio, crashes, rules, worst_case = 0.0, [], {}, None

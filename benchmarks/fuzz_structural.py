@@ -360,6 +360,11 @@ def structural_main(args) -> int:
                 "command": " ".join(["nice -n 19 python benchmarks/fuzz.py"] + sys.argv[1:])}
 
     done = 0
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt  # a killed run still closes its workers and writes its figures
+    signal.signal(signal.SIGTERM, _term)
     try:
         for cid, cls, detail, rule, cpu, rss in pool.run(gen()):
             name, steps, descs = plans.pop(cid)
@@ -388,6 +393,8 @@ def structural_main(args) -> int:
                       ", ".join(f"{k} {v:,}" for k, v in counts.items() if v), flush=True)
             if args.json and done % 2000 == 0:
                 _write_json(args.json, summary(done))
+    except KeyboardInterrupt:
+        print(f"interrupted after {done:,} cases", flush=True)
     finally:
         pool.close()
     s = summary(done)
@@ -497,6 +504,8 @@ def atheris_main(args) -> int:
             f.write(data)
         cls, detail, _ = classify({"case.vqsl": data}, "case.vqsl", path)
         stats[cls] += 1
+        if sum(stats.values()) % 500 == 0:
+            report()  # libFuzzer ends the process with _exit: no atexit handler runs
         if cls in FAILURE_CLASSES:
             raise RuntimeError(f"{cls}: {detail}")
 
@@ -514,10 +523,10 @@ def atheris_main(args) -> int:
         return atheris.Mutate(data, max_size)
 
     argv = [sys.argv[0], corpus, f"-max_total_time={args.seconds}", "-timeout=10", "-rss_limit_mb=4096",
-            "-max_len=200000", f"-seed={args.seed or 1}", "-print_final_stats=1"]
+            "-max_len=200000", f"-seed={args.seed or 1}", "-print_final_stats=1",
+            "-artifact_prefix=" + os.path.join(args.failures, "atheris-")]
+    os.makedirs(args.failures, exist_ok=True)
     t0 = time.time()
-    import atexit
-
     def report():
         el = time.time() - t0
         n = sum(stats.values())
@@ -526,7 +535,6 @@ def atheris_main(args) -> int:
         if args.json:
             _write_json(args.json, {"cases": n, "seconds": round(el, 1), "classes": stats,
                                     "command": " ".join(["nice -n 19 python benchmarks/fuzz.py"] + sys.argv[1:])})
-    atexit.register(report)
     atheris.Setup(argv, test_one, custom_mutator=mutator)
     atheris.Fuzz()
     return 0
