@@ -331,8 +331,8 @@ def view_policy(args) -> Policy:
 
 
 # --------------------------------------------------------------------------- statistics
-def corpus_stats(labels: np.ndarray, whole_logits: np.ndarray, classes: np.ndarray) -> dict:
-    """Statistics of the label rows (chunked, float64) and of the whole images."""
+def corpus_stats(labels: np.ndarray, whole_logits: np.ndarray | None = None, classes: np.ndarray | None = None) -> dict:
+    """Statistics of the label rows [images, views, C] (chunked, float64) and of the whole images."""
     rows = labels.reshape(-1, NUM_CLASSES)
     top1, ent, gap, k90, am = [], [], [], [], []
     for r0 in range(0, len(rows), 20000):
@@ -348,16 +348,18 @@ def corpus_stats(labels: np.ndarray, whole_logits: np.ndarray, classes: np.ndarr
         k90.append((cum < 0.9).sum(1) + 1)
         am.append(p.argmax(1))
     top1, ent, gap, k90, am = map(np.concatenate, (top1, ent, gap, k90, am))
-    wp = softmax(whole_logits)
-    warg = wp.argmax(1)
-    per_image_view_argmax_share = (am.reshape(labels.shape[0], -1) == classes[:, None]).mean(1)
+    out = {"n_images": int(labels.shape[0]), "views_per_image": int(labels.shape[1]), "n_labels": int(len(rows)),
+           "distinct_argmax_classes_views": int(len(np.unique(am)))}
+    if whole_logits is not None:
+        wp = softmax(whole_logits)
+        warg = wp.argmax(1)
+        out.update({
+            "distinct_argmax_classes_whole_images": int(len(np.unique(warg))),
+            "whole_image_argmax_is_target": float((warg == classes).mean()),
+            "whole_image_target_prob_median": float(np.median(wp[np.arange(len(classes)), classes])),
+            "view_argmax_is_target": float((am.reshape(labels.shape[0], -1) == classes[:, None]).mean())})
     return {
-        "n_images": int(labels.shape[0]), "views_per_image": int(labels.shape[1]), "n_labels": int(len(rows)),
-        "distinct_argmax_classes_views": int(len(np.unique(am))),
-        "distinct_argmax_classes_whole_images": int(len(np.unique(warg))),
-        "whole_image_argmax_is_target": float((warg == classes).mean()),
-        "whole_image_target_prob_median": float(np.median(wp[np.arange(len(classes)), classes])),
-        "view_argmax_is_target": float(per_image_view_argmax_share.mean()),
+        **out,
         "top1_prob_median": float(np.median(top1)), "top1_prob_mean": float(top1.mean()),
         "entropy_nats_median": float(np.median(ent)), "entropy_nats_mean": float(ent.mean()),
         "classes_for_90pct_mass_median": float(np.median(k90)),
@@ -481,7 +483,18 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", type=Path, default=CACHE / "corpus_work")
     ap.add_argument("--name", default=None, help="output name (default corpus_small / corpus_full)")
     ap.add_argument("--no-results", action="store_true", help="write no JSON under benchmarks/results (trials)")
+    ap.add_argument("--stats-of", type=Path, default=None,
+                    help="only print the label statistics of an existing [images, views, C] logits .npy")
     args = ap.parse_args(argv)
+    if args.stats_of is not None:
+        try:
+            arr = np.load(args.stats_of, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{args.stats_of}: not a readable .npy file ({e})")
+        if arr.ndim != 3 or arr.dtype.kind != "f":
+            raise SystemExit(f"{args.stats_of}: expected float logits [images, views, C], got {arr.dtype} {arr.shape}")
+        print(json.dumps(corpus_stats(np.asarray(arr)), indent=1))
+        return 0
 
     if args.res % 2 or args.res < 8:
         ap.error("--res must be even and >= 8 (2x2 mosaics)")
