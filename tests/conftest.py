@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# A vq fit uses torch's own thread count unless fit_threads says otherwise (issue 11). The suite
+# runs on shared 2-core machines, where a second spinning thread per process made a fit 17x
+# slower (BENCHMARKS.md section 10): one torch thread in this process and in the CLI subprocesses
+# the tests start (set before any test module imports torch).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 settings.register_profile("default", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
