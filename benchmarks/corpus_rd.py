@@ -49,8 +49,8 @@ import baselines as B  # noqa: E402
 import slcodec  # noqa: E402
 from slcodec.codecs import get_codec_class  # noqa: E402
 from slcodec.codecs.base import Context  # noqa: E402
-from slcodec.container import Container  # noqa: E402
-from slcodec.stats import file_stats  # noqa: E402
+from slcodec.format.container import Container  # noqa: E402
+from slcodec.format.stats import file_stats  # noqa: E402
 
 TEMPS = (1, 4, 20)
 

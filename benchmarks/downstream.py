@@ -75,8 +75,8 @@ from fashion_mnist import fmnist_view, load_split, to_input, view_params  # noqa
 
 import slcodec  # noqa: E402
 from slcodec.codecs import codec_ids  # noqa: E402
-from slcodec.container import Container  # noqa: E402
-from slcodec.stats import file_stats  # noqa: E402
+from slcodec.format.container import Container  # noqa: E402
+from slcodec.format.stats import file_stats  # noqa: E402
 
 CACHE = HERE / ".cache"
 RESULTS = HERE / "results"

@@ -90,7 +90,7 @@ _PARSER = []
 
 
 def _cli(argv) -> int:
-    """``slcodec ARGV``'s exit code, as slcodec.cli.main gives it, with the parser built once
+    """``slcodec ARGV``'s exit code, as slcodec.cli.commands.main gives it, with the parser built once
     (argparse takes ~25 ms to build it) and internal errors raised rather than printed."""
     from slcodec.cli import build_parser
     from slcodec.errors import SlcodecError
@@ -476,12 +476,12 @@ def atheris_main(args) -> int:
     sys.path.insert(0, HERE)
     with atheris.instrument_imports():
         import slcodec  # noqa: F401
-        import slcodec.api  # noqa: F401
+        import slcodec.pipeline.reader  # noqa: F401
         import slcodec.cli  # noqa: F401
         import slcodec.codecs  # noqa: F401
-        import slcodec.container  # noqa: F401
-        import slcodec.schema  # noqa: F401
-        import slcodec.shards  # noqa: F401
+        import slcodec.format.container  # noqa: F401
+        import slcodec.format.schema  # noqa: F401
+        import slcodec.format.shards  # noqa: F401
         from slcodec.codecs import imgprior, raw, sparse, sq, topk, vq  # noqa: F401
     import torch  # noqa: F401
     from fuzz_model import parse, serialize

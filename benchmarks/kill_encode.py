@@ -22,7 +22,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import slcodec  # noqa: E402
-from slcodec.container import Container  # noqa: E402
+from slcodec.format.container import Container  # noqa: E402
 from slcodec.errors import FormatError  # noqa: E402
 
 ENCODE = ("import sys, numpy as np, slcodec\n"

@@ -25,7 +25,7 @@ real blob each, fixed part shown apart).  ``vq``: the codec is fitted once per r
 ``slcodec.Writer`` with that *same* fitted codec (no refit: held-out files hold the held-out labels
 and the full fixed part - header, codec parameters, chunk index - of their own file), decoded back
 with ``slcodec.open(...).decode`` and measured.  Bits per label = file bytes * 8 / labels of that
-file; ``fixed bytes`` and ``marginal bits`` come from ``slcodec.stats.file_stats`` (label streams
+file; ``fixed bytes`` and ``marginal bits`` come from ``slcodec.format.stats.file_stats`` (label streams
 vs everything else).
 
 slcodec ``sparse`` (top-k ids, one-byte log-probabilities, a fitted 4-bit tail prior) runs on
@@ -67,9 +67,9 @@ import baselines as B  # noqa: E402
 import slcodec  # noqa: E402
 from slcodec.codecs import get_codec_class  # noqa: E402
 from slcodec.codecs.base import Context  # noqa: E402
-from slcodec.container import Container  # noqa: E402
-from slcodec.stats import file_stats  # noqa: E402
-from slcodec.writer import RowReader, image_mean_log_probs  # noqa: E402
+from slcodec.format.container import Container  # noqa: E402
+from slcodec.format.stats import file_stats  # noqa: E402
+from slcodec.pipeline.writer import RowReader, image_mean_log_probs  # noqa: E402
 
 CACHE = HERE / ".cache"
 # the full run's ImageNet set (120 images x 300 views; images 0-39 are lite0_40x300.npy's);

@@ -33,7 +33,7 @@ median top-1 probability and tail mass are printed and stored.
 
 Memory: a thread samples VmRSS / RssAnon of the process every 0.2 s; at 1M, 5M, 15M labels (and
 every million) the current VmRSS, RssAnon, VmHWM and the largest VmRSS since the last print are
-printed. The generator reads the corpus with file reads (slcodec.writer.RowReader), so its
+printed. The generator reads the corpus with file reads (slcodec.pipeline.writer.RowReader), so its
 pages are not resident.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ class TiledCorpus:
     """
 
     def __init__(self, path, n, seed=0):
-        from slcodec.writer import RowReader
+        from slcodec.pipeline.writer import RowReader
         arr = np.load(path, mmap_mode="r")
         self.path = path
         self.views = int(arr.shape[1]) if arr.ndim == 3 else 1
@@ -338,8 +338,8 @@ def machine() -> dict:
 
 
 def file_summary(path) -> dict:
-    from slcodec.container import Container
-    from slcodec.stats import file_stats
+    from slcodec.format.container import Container
+    from slcodec.format.stats import file_stats
     with Container.open(path) as c:
         s = file_stats(c)
     return {"file_bytes": s["file_bytes"], "bits_per_label": s["bits_per_label"],
@@ -601,7 +601,7 @@ def loader_rate(path, n, workers, batches, batch, seed):
 def cmd_decode(args):
     import torch
     import slcodec
-    import slcodec.api
+    import slcodec.pipeline.reader
     torch.set_num_threads(args.threads)
     files = {"baseline": args.baseline, "large": args.file}
     sizes = {}
@@ -614,12 +614,12 @@ def cmd_decode(args):
     print(f"decode: shuffled DataLoader, batches of {args.batch} indices decoded in the workers "
           f"(probs at T=4); {args.batches} timed batches per run, median of {args.repeats}; "
           f"files: {sizes['large']:,} labels vs baseline {sizes['baseline']:,}", flush=True)
-    cap = slcodec.api.RESIDENT_STREAM_BYTES
+    cap = slcodec.pipeline.reader.RESIDENT_STREAM_BYTES
     modes = [("resident", cap)]
     if args.over_cap:
         modes.append(("chunked", 0))
     for mode, cap_value in modes:
-        slcodec.api.RESIDENT_STREAM_BYTES = cap_value   # inherited by forked workers
+        slcodec.pipeline.reader.RESIDENT_STREAM_BYTES = cap_value   # inherited by forked workers
         for workers in args.workers:
             nb = args.batches if mode == "resident" else max(20, args.batches // 4)
             runs = {k: [] for k in files}
@@ -642,7 +642,7 @@ def cmd_decode(args):
                   f"labels/s ({row['baseline']['labels_per_decode_cpu_s']:,.0f}/CPU s) | ratio {row['ratio_large_vs_baseline']:.2f} | "
                   f"per process (large): " + ", ".join(f"RSS {m['VmRSS_mib']:.0f}/private {m['private_mib']:.0f} MiB"
                                                        for m in memo), flush=True)
-    slcodec.api.RESIDENT_STREAM_BYTES = cap
+    slcodec.pipeline.reader.RESIDENT_STREAM_BYTES = cap
     _save(res, args.json or os.path.join(RESULTS, f"scale_decode_{sizes['large']}.json"))
 
 
@@ -700,11 +700,11 @@ def cmd_cli(args):
         m = run_measured(runs[name], env=env, log=log)
         with slcodec.open(outs[name]) as r:
             info = dict(r.header["codec"]["info"])
-        from slcodec.container import Container
-        from slcodec.stats import file_stats
+        from slcodec.format.container import Container
+        from slcodec.format.stats import file_stats
         with Container.open(outs[name]) as c:
             if c.is_manifest:
-                from slcodec.shards import open_shard, read_shard_table
+                from slcodec.format.shards import open_shard, read_shard_table
                 entries = read_shard_table(c)
                 shards = [open_shard(c, entries, k) for k in range(len(entries))]
                 s = file_stats(c, shards=shards)
@@ -746,7 +746,7 @@ def cmd_cli(args):
         print(f"distributed ({args.ranks} ranks) wall speedup {res['distributed_speedup']:.2f}x", flush=True)
     _save(res, args.json or os.path.join(RESULTS, f"scale_cli_{n}.json"))
     if not args.keep:
-        from slcodec.shards import set_file_names
+        from slcodec.format.shards import set_file_names
         for p in outs.values():
             belongs = set_file_names(p)
             for name in os.listdir(args.work):

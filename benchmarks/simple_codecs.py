@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import slcodec  # noqa: E402
-from slcodec.metrics import compare  # noqa: E402
+from slcodec.pipeline.metrics import compare  # noqa: E402
 
 FIXTURE = ROOT / "slcodec" / "data" / "lite0_8x64_fp16.npy"
 TEMPS = (1.0, 4.0)

@@ -17,7 +17,7 @@ page cache excluded) to a quarter of the input size, then imports slcodec/torch 
 Reported per run: peak RSS (``ru_maxrss``), the RSS after the imports, the peak of the
 process's anonymous memory (RSS minus file-backed pages, sampled every millisecond by a
 thread: a lower bound), wall time, the output size.  In ``encode`` mode the validation scan
-of ``slcodec.inputs`` reads the whole input through its memory map, so ``ru_maxrss`` also
+of ``slcodec.pipeline.inputs`` reads the whole input through its memory map, so ``ru_maxrss`` also
 counts those clean file-backed pages (page cache the kernel reclaims under pressure); the
 ``RLIMIT_DATA`` allowance and the anonymous peak are what show the process's own memory
 there.  Figures are medians of ``--repeats`` runs.
@@ -117,7 +117,7 @@ def child(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
     import slcodec
-    from slcodec.inputs import LabelSource, load_labels
+    from slcodec.pipeline.inputs import LabelSource, load_labels
 
     base_rows_ = base_rows()
     base_rss = status()["VmRSS"]

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from craft import add_raw_stream  # noqa: E402
 
-from slcodec.container import MAX_CHUNK_BYTES, ContainerWriter  # noqa: E402
+from slcodec.format.container import MAX_CHUNK_BYTES, ContainerWriter  # noqa: E402
 
 
 def inflating_file(path, chunks, width=1024):

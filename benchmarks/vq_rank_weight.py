@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import slcodec  # noqa: E402
 from slcodec.codecs import get_codec_class  # noqa: E402
-from slcodec.container import Container  # noqa: E402
-from slcodec.stats import file_stats  # noqa: E402
+from slcodec.format.container import Container  # noqa: E402
+from slcodec.format.stats import file_stats  # noqa: E402
 
 
 def main():

@@ -14,7 +14,7 @@ same as with real images.  The script
 3. prints both loss curves; with a lossless codec they are identical up to float noise.
 
 ``--labels relabel`` instead makes the labels the documented way: a (random, seeded) teacher
-is run on the seeded views with :func:`slcodec.augment_torch.relabel`, so every stored label
+is run on the seeded views with :func:`slcodec.augment.views.relabel`, so every stored label
 belongs to the exact pixels the student sees.
 
     python examples/train_student.py --quick
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 import slcodec
 from slcodec.augment import Policy, augment_record
-from slcodec.augment_torch import relabel
+from slcodec.augment.views import relabel
 from slcodec.torch import LabelDataset, LabelDecoder, kl_div_loss
 
 FIXTURE = os.path.join(os.path.dirname(slcodec.__file__), "data", "lite0_8x64_fp16.npy")

@@ -1,5 +1,5 @@
 """slcodec: a storage codec and file format for the soft labels of dataset distillation."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .errors import ConfigError, FormatError, InputError, SlcodecError  # noqa: E402
 
@@ -8,11 +8,11 @@ __all__ = ["__version__", "encode", "open", "Reader", "Writer", "SlcodecError", 
 
 
 def __getattr__(name):
-    # The API needs torch; importing it lazily keeps `import slcodec.container` torch-free.
+    # The API needs torch; importing it lazily keeps `import slcodec.format.container` torch-free.
     if name in ("encode", "open", "Reader"):
-        from . import api
+        from .pipeline import reader as api
         return getattr(api, name)
     if name == "Writer":
-        from .writer import Writer
+        from .pipeline.writer import Writer
         return Writer
     raise AttributeError(f"module 'slcodec' has no attribute {name!r}")

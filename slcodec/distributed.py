@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import ConfigError
 
 
@@ -65,10 +65,10 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
     torch.distributed program): torchrun's own failure handling ends them."""
     import torch
 
-    from .api import default_codec, resolve_device
-    from .inputs import LabelSource, as_source
-    from .shards import ShardSetWriter, new_write_token
-    from .writer import RowReader, Writer, encode_block_rows, image_log_prob_sums
+    from .pipeline.reader import default_codec, resolve_device
+    from .pipeline.inputs import LabelSource, as_source
+    from .format.shards import ShardSetWriter, new_write_token
+    from .pipeline.writer import RowReader, Writer, encode_block_rows, image_log_prob_sums
 
     dist = _dist()
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:

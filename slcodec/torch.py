@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
-from . import api
-from .augment import Policy, parse_record
-from .augment_torch import _fetch, _float, build_views, hflip, mix, relabel, resized_crop
+from .pipeline import reader as api
+from .augment.record import Policy, parse_record
+from .augment.views import _fetch, _float, build_views, hflip, mix, relabel, resized_crop
 from .errors import ConfigError
 
 
@@ -135,7 +135,7 @@ class LabelDataset(Dataset):
       as the view.  Use a module-level function when workers are spawned (it is pickled);
     * ``augment=False``: the images as they are, whatever the file holds (for labels made on
       unaugmented images, or a pipeline building the views itself from
-      :func:`slcodec.augment.view_params`).
+      :func:`slcodec.augment.record.view_params`).
 
     A file without seeded views and none of the last three is refused with a ValueError: the
     raw image would be paired with the label of a view nobody can rebuild.  ``views`` says in

@@ -8,7 +8,7 @@ import zlib
 
 import msgpack
 
-from slcodec.container import PREAMBLE
+from slcodec.format.container import PREAMBLE
 
 FIELDS = ("magic", "major", "minor", "required_flags", "optional_flags", "reserved", "header_offset",
           "header_length", "file_length", "header_crc32", "reserved2", "preamble_crc32")
@@ -56,8 +56,8 @@ def rewrite_file(src, out, params=None, config=None, shape=None, minor=2):
     own checks can reject."""
     import os
 
-    from slcodec.container import Container, ContainerWriter
-    from slcodec.shards import _copy_section
+    from slcodec.format.container import Container, ContainerWriter
+    from slcodec.format.shards import _copy_section
     with Container.open(src) as c:
         header = {k: v for k, v in c.header.items() if k != "sections"}
         header["codec"] = dict(header["codec"], config=dict(header["codec"]["config"], **(config or {})))
@@ -94,7 +94,7 @@ def assert_rejected(path, rule):
 def add_raw_stream(writer, name, chunks, dtype, width, chunk_rows, rows=None, filters=("transpose", "byteshuffle")):
     """Add a stream section made of the given stored chunks (bytes, e.g. hand-made zstd frames),
     with a correct chunk index and CRCs: streams no StreamBuilder would write."""
-    from slcodec.container import CHUNK_ENTRY
+    from slcodec.format.container import CHUNK_ENTRY
     index = bytearray()
     end = 0
     for chunk in chunks:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import slcodec
-import slcodec.api as api
+import slcodec.pipeline.reader as api
 from slcodec.errors import ConfigError, FormatError, InputError
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
@@ -60,7 +60,7 @@ def test_encode_to_bytes_and_to_path_agree(tmp_path, x3):
 
 
 def test_encode_accepts_torch_tensor_and_label_source(tmp_path, x3):
-    from slcodec.inputs import as_source
+    from slcodec.pipeline.inputs import as_source
     for i, labels in enumerate([torch.from_numpy(x3), as_source(x3, path="teacher.npy")]):
         path = str(tmp_path / f"{i}.vqsl")
         slcodec.encode(labels, path, codec="fp32")
@@ -70,7 +70,7 @@ def test_encode_accepts_torch_tensor_and_label_source(tmp_path, x3):
 
 
 def test_encode_provenance_recorded(tmp_path, x3):
-    from slcodec.container import Container
+    from slcodec.format.container import Container
     path = str(tmp_path / "p.vqsl")
     slcodec.encode(x3, path, codec="fp16", provenance={"teacher": "resnet18"})
     with Container.open(path) as c:

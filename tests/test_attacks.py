@@ -13,8 +13,8 @@ import pytest
 import zstandard
 
 import slcodec
-from slcodec import cli
-from slcodec.container import Container, ContainerWriter, StreamBuilder
+from slcodec.cli import commands as cli
+from slcodec.format.container import Container, ContainerWriter, StreamBuilder
 from slcodec.errors import FormatError
 
 from craft import crc, parse, rebuild, section
@@ -404,7 +404,7 @@ def test_every_rule_in_format_md_has_a_case():
 
 
 def test_msgpack_section_size_cap(tmp_path, monkeypatch):
-    import slcodec.container as container
+    import slcodec.format.container as container
     monkeypatch.setattr(container, "MAX_MSGPACK_SECTION_BYTES", 8)
     p = tmp_path / "x.vqsl"
     p.write_bytes(BASE)
@@ -440,7 +440,7 @@ def test_msgpack_value_count_cap(tmp_path, capsys):
     """An ``augment`` section of 2**20 nils in one array is 2**20 + 1 values: one over the cap
     (1 MiB of msgpack that a reader would otherwise turn into 2**20 Python objects; a section of
     64 MiB of empty lists took verify 47 s and 5 GB)."""
-    from slcodec.container import MAX_MSGPACK_ITEMS
+    from slcodec.format.container import MAX_MSGPACK_ITEMS
     raw = b"\xdd" + struct.pack(">I", MAX_MSGPACK_ITEMS) + b"\xc0" * MAX_MSGPACK_ITEMS
     p = tmp_path / "many-values.vqsl"
     p.write_bytes(topk_file(IDS, VALS, raw_msgpack={"augment": raw})(str(tmp_path)))
@@ -458,7 +458,7 @@ def test_msgpack_value_count_cap(tmp_path, capsys):
 
 def test_out_of_memory_is_not_reported_as_damage(tmp_path, monkeypatch, capsys):
     """Resource exhaustion while verifying is said as such (exit 2), never "INVALID" (exit 1)."""
-    import slcodec.container as container
+    import slcodec.format.container as container
     from slcodec.errors import ResourceError
     p = tmp_path / "base.vqsl"
     p.write_bytes(BASE)

@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from slcodec import augment as A
+from slcodec.augment import record as A
 from slcodec.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +104,7 @@ def test_det_log_exp_accurate_and_pinned():
 _CHILD = r"""
 import hashlib, json, sys
 import numpy as np
-from slcodec import augment as A
+from slcodec.augment import record as A
 p = A.Policy(size=224, mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.75)
 n = 6000
 img, aug = np.arange(n) % 997, np.arange(n) // 997
@@ -268,8 +268,8 @@ def test_policy_roundtrip_and_validation():
 
 def test_record_in_container_is_constant_size(tmp_path, real_labels):
     import slcodec
-    from slcodec.container import Container
-    from slcodec.stats import file_stats
+    from slcodec.format.container import Container
+    from slcodec.format.stats import file_stats
 
     rec = A.augment_record(42, PINNED_POLICY)
     sizes = []

@@ -11,8 +11,8 @@ import torch
 
 import slcodec
 from slcodec.cli import DEMO_FIXTURE, main
-from slcodec.container import Container
-from slcodec.inputs import load_labels
+from slcodec.format.container import Container
+from slcodec.pipeline.inputs import load_labels
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
 

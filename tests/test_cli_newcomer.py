@@ -14,7 +14,7 @@ import termios
 import numpy as np
 import pytest
 
-from slcodec.container import Container
+from slcodec.format.container import Container
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "spec", "golden")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slcodec.container import ALIGN, Container, ContainerWriter, StreamBuilder
+from slcodec.format.container import ALIGN, Container, ContainerWriter, StreamBuilder
 from slcodec.errors import FormatError
 
 HEADER = {"labels": {"count": 0, "shape": [0, 2], "classes": 2, "source_kind": "logits"},
@@ -140,7 +140,7 @@ def test_writer_verifies_its_output(tmp_path):
 
 def test_container_layer_does_not_import_torch(tmp_path):
     """stats and verify must work on a machine without torch."""
-    code = ("import sys, slcodec.container, slcodec.stats, slcodec.schema, slcodec.cli;"
+    code = ("import sys, slcodec.format.container, slcodec.format.stats, slcodec.format.schema, slcodec.cli;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -168,14 +168,14 @@ msgpack_values = st.recursive(
 @given(msgpack_values)
 def test_msgpack_walk_accepts_what_the_writer_packs(obj):
     """The structure walk agrees with msgpack on every value a writer makes (every type, widths)."""
-    from slcodec.container import _pack_msgpack, _unpack_msgpack
+    from slcodec.format.container import _pack_msgpack, _unpack_msgpack
     assert _unpack_msgpack(_pack_msgpack(obj), "value", 1 << 20) == obj
 
 
 def test_msgpack_caps_are_exact():
     import msgpack
 
-    from slcodec.container import MAX_MSGPACK_DEPTH, MAX_MSGPACK_ITEMS, _unpack_msgpack
+    from slcodec.format.container import MAX_MSGPACK_DEPTH, MAX_MSGPACK_ITEMS, _unpack_msgpack
 
     def nested(depth):
         obj = 0
@@ -208,7 +208,7 @@ def test_writer_refuses_a_msgpack_section_readers_would_reject(tmp_path):
 
 
 def _meta_problem(sec):
-    from slcodec.container import _check_section_meta
+    from slcodec.format.container import _check_section_meta
     problems = []
 
     def bad(msg, rule):
@@ -243,7 +243,7 @@ def test_only_the_specified_filter_order_is_accepted():
 def test_stream_chunk_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
     """Up to 8 chunks are cached, but never more than STREAM_CACHE_BYTES of them (a hostile
     stream of 64 MiB chunks would otherwise keep 512 MiB)."""
-    import slcodec.container as container
+    import slcodec.format.container as container
     b = StreamBuilder("uint8", 256, chunk_rows=4)  # 1 KiB chunks
     b.append((np.arange(16 * 256).reshape(16, 256) % 251).astype(np.uint8))
     p = tmp_path / "s.vqsl"
@@ -264,6 +264,6 @@ def test_stream_chunk_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size", [15, 16, 255, 256, 65535, 65536])
 def test_msgpack_walk_handles_every_length_width(size):
     """fix/8/16/32-bit lengths of str, bin, array and map (hypothesis draws only short ones)."""
-    from slcodec.container import _pack_msgpack, _unpack_msgpack
+    from slcodec.format.container import _pack_msgpack, _unpack_msgpack
     for obj in ("s" * size, b"b" * size, [1] * size, {str(i): i for i in range(size)}, 2**size if size < 64 else -1):
         assert _unpack_msgpack(_pack_msgpack(obj), "value", 1 << 20) == obj

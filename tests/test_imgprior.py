@@ -6,7 +6,7 @@ import torch
 import slcodec
 from slcodec.codecs.base import Context
 from slcodec.codecs.imgprior import ImagePriorCodec, prior_logits, quantise_prior
-from slcodec.container import Container
+from slcodec.format.container import Container
 from slcodec.errors import ConfigError, FormatError
 
 from craft import assert_rejected, rewrite_file
@@ -127,8 +127,8 @@ def test_writer_without_image_means_is_refused_clearly(tmp_path):
             w.append(x)
     assert not (tmp_path / "w.vqsl").exists()
     # with them it works, and gives the file slcodec.encode gives
-    from slcodec.writer import image_mean_log_probs
-    from slcodec.writer import RowReader
+    from slcodec.pipeline.writer import image_mean_log_probs
+    from slcodec.pipeline.writer import RowReader
     with RowReader(x.reshape(512, 1000)) as reader:
         means = image_mean_log_probs(reader, [8, 64], "logits")
     with slcodec.Writer(tmp_path / "w.vqsl", "imgprior", classes=1000, shape=[8, 64]) as w:

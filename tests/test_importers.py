@@ -1,4 +1,4 @@
-"""slcodec.importers and `slcodec import/export`: SRe2L/CDA/LPLD, LPQLD and FKD folders.
+"""slcodec.frameworks.importers and `slcodec import/export`: SRe2L/CDA/LPLD, LPQLD and FKD folders.
 
 Small folders are built with torch.save in each layout; every label and every augmentation
 parameter must survive the import exactly (lossless codecs), the export must write back
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import slcodec
-from slcodec import cli
-from slcodec.container import Container
+from slcodec.cli import commands as cli
+from slcodec.format.container import Container
 from slcodec.errors import ConfigError, InputError
-from slcodec.importers import export_folder, grid_scale, import_folder, load_file, read_augment
-from slcodec.stats import file_stats
+from slcodec.frameworks.importers import export_folder, grid_scale, import_folder, load_file, read_augment
+from slcodec.format.stats import file_stats
 
 C = 10
 B = 4

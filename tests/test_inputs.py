@@ -1,4 +1,4 @@
-"""slcodec.inputs: reading label files (.pt, .npy, .npz, .h5), validating them and telling
+"""slcodec.pipeline.inputs: reading label files (.pt, .npy, .npz, .h5), validating them and telling
 logits from probabilities."""
 import os
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slcodec.errors import InputError, SlcodecError
-from slcodec.inputs import as_source, detect_kind, load_array, load_labels
+from slcodec.pipeline.inputs import as_source, detect_kind, load_array, load_labels
 
 SHAPES = [(12, 16), (3, 5, 20)]
 

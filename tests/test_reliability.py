@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec import cli
-from slcodec.container import Container
+from slcodec.cli import commands as cli
+from slcodec.format.container import Container
 from slcodec.errors import FormatError
 
 ENCODE = """

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import slcodec
-from slcodec import cli, shards
-from slcodec.container import FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, Container, ContainerWriter, StreamBuilder
+from slcodec.cli import commands as cli
+from slcodec.format import shards
+from slcodec.format.container import FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, Container, ContainerWriter, StreamBuilder
 from slcodec.errors import FormatError
 
 from craft import parse, rebuild
@@ -211,7 +212,7 @@ def test_set_rejects(case, tmp_path, capsys):
 def test_golden_set_is_valid(tmp_path):
     m = copy_set(tmp_path)
     with slcodec.open(m) as r:
-        assert isinstance(r, slcodec.api.ShardedReader) and len(r.entries) == 2
+        assert isinstance(r, slcodec.pipeline.reader.ShardedReader) and len(r.entries) == 2
         r.decode(None)
         assert r.verify_shards() == []
     with Container.open(m) as c:
@@ -231,7 +232,7 @@ def test_sha256_is_checked_by_verify(tmp_path, capsys):
 
 
 def test_a_1_0_reader_rejects_sets(tmp_path, monkeypatch):
-    import slcodec.container as container
+    import slcodec.format.container as container
     m = copy_set(tmp_path)
     monkeypatch.setattr(container, "KNOWN_REQUIRED_FLAGS", 0)
     for p in (m, shard(tmp_path, 0)):
@@ -362,7 +363,7 @@ DIST_SCRIPT = r"""
 import sys, numpy as np
 import torch.distributed as dist
 import slcodec.distributed as d
-from slcodec import cli
+from slcodec.cli import commands as cli
 dist.init_process_group("gloo")   # joined by every call below (as a training script would)
 x = np.load(sys.argv[2])[:3]
 if dist.get_rank() == 0:

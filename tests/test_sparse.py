@@ -6,7 +6,7 @@ import torch
 import slcodec
 from slcodec.codecs.base import Context
 from slcodec.codecs.sparse import SparseCodec
-from slcodec.container import Container
+from slcodec.format.container import Container
 from slcodec.errors import ConfigError, FormatError
 
 from craft import assert_rejected, rewrite_file

@@ -2,15 +2,15 @@
 import json
 import os
 
-from slcodec import schema
-from slcodec.container import Container
+from slcodec.format import schema
+from slcodec.format.container import Container
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_spec_schema_matches_code():
     committed = open(os.path.join(ROOT, "spec", "header.schema.json")).read()
-    assert committed == schema.dump(), "regenerate: python -m slcodec.schema > spec/header.schema.json"
+    assert committed == schema.dump(), "regenerate: python -m slcodec.format.schema > spec/header.schema.json"
 
 
 def test_golden_headers_match_the_committed_schema():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import slcodec
-from slcodec import cli
+from slcodec.cli import commands as cli
 from slcodec.codecs.base import Context
 from slcodec.codecs.sq import ScalarQuantCodec, bin_centroids, fit_edges
-from slcodec.container import Container, ContainerWriter, StreamBuilder
+from slcodec.format.container import Container, ContainerWriter, StreamBuilder
 from slcodec.errors import ConfigError, FormatError
 
 from craft import assert_rejected, rewrite_file

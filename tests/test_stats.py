@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec.container import Container
-from slcodec.stats import file_stats, topk_bits_per_label
+from slcodec.format.container import Container
+from slcodec.format.stats import file_stats, topk_bits_per_label
 
 
 @pytest.mark.parametrize("codec,opts", [("fp16", {}), ("fp32", {}), ("topk", {"k": 7})])
@@ -53,7 +53,7 @@ def test_seeded_views_cost_no_bits_per_view(real_labels, tmp_path):
 
 def test_explicit_records_are_counted_per_view(tmp_path):
     from test_importers import make_sre2l
-    from slcodec.importers import import_folder
+    from slcodec.frameworks.importers import import_folder
     folder = tmp_path / "relabel"
     make_sre2l(folder)
     out = tmp_path / "x.vqsl"

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import slcodec
-from slcodec import augment as A
-from slcodec.augment_torch import build_views, hflip, mix, relabel, resized_crop
+from slcodec.augment import record as A
+from slcodec.augment.views import build_views, hflip, mix, relabel, resized_crop
 from slcodec.torch import LabelCollate, LabelDataset, LabelDecoder, kl_div_loss, soft_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,9 +8,9 @@ import torch
 import slcodec
 from slcodec.codecs.base import Context
 from slcodec.codecs.vq import VQCodec
-from slcodec.container import Container
+from slcodec.format.container import Container
 from slcodec.errors import ConfigError, FormatError
-from slcodec.writer import RowReader, image_mean_log_probs
+from slcodec.pipeline.writer import RowReader, image_mean_log_probs
 
 from craft import assert_rejected, rewrite_file
 

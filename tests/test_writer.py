@@ -12,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import slcodec
-import slcodec.api as api
-import slcodec.writer as writer_mod
+import slcodec.pipeline.reader as api
+import slcodec.pipeline.writer as writer_mod
 from slcodec.codecs.base import Codec, get_codec_class
-from slcodec.container import Container, ContainerWriter, SpooledStreamBuilder, StreamBuilder
+from slcodec.format.container import Container, ContainerWriter, SpooledStreamBuilder, StreamBuilder
 from slcodec.errors import ConfigError, InputError
-from slcodec.inputs import as_source
+from slcodec.pipeline.inputs import as_source
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
 
@@ -448,7 +448,7 @@ def test_a_killed_sharded_encode_leaves_temporaries_the_next_encode_removes(tmp_
     stale = _hidden(tmp_path)
     assert len(stale) == 3 and all(n.startswith(".set-") and n.endswith(".tmp") for n in stale), stale
     # temporaries that must stay: a live process's (this one), and names of no known scheme
-    from slcodec.atomic import temp_name
+    from slcodec.format.atomic import temp_name
     live = tmp_path / temp_name("set-0123abcd-00000.vqsl")
     live.write_bytes(b"in progress")
     other = tmp_path / ".set.vqsl.abc123.tmp"
@@ -511,7 +511,7 @@ def test_every_output_gets_the_mode_a_plain_open_gives(tmp_path, umask):
         from test_importers import make_sre2l
     finally:
         sys.path.pop(0)
-    from slcodec.importers import import_folder
+    from slcodec.frameworks.importers import import_folder
     make_sre2l(str(tmp_path / "sre2l"))
     imported = str(tmp_path / "i.vqsl")
     import_folder(str(tmp_path / "sre2l"), imported, "sre2l", codec="fp16")

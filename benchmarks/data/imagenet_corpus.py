@@ -20,7 +20,7 @@ Two stages, each resumable (intermediate pieces under ``benchmarks/.cache/corpus
    (compressed npz: ``images`` uint8 [N, res, res, 3] RGB, ``classes`` int16 [N]).
 
 2. **Labelling**: view ``a`` of image ``i`` is the seeded RandomResizedCrop (scale (0.08, 1),
-   ratio (3/4, 4/3)) + horizontal flip of ``slcodec.augment.crop_params(seed, i, a,
+   ratio (3/4, 4/3)) + horizontal flip of ``slcodec.augment.record.crop_params(seed, i, a,
    Policy(size=teacher_size))`` on the uint8 image, resized bilinearly to ``--teacher-size`` px,
    and labelled by the teacher run through onnxruntime (``--threads`` threads, batches of
    ``--batch``). Logits are stored FP16 as ``[images, views, 1000]`` in
@@ -433,7 +433,7 @@ def finish(args, name: str, batches, store: ImageStore, work: Path, teacher: Tea
                               "np.random.default_rng([seed, 1, b]) (mosaic picks, crops)",
                      "per_batch": rec_stats, "seconds_sum": round(rec_s, 1),
                      "ce_last_median": float(np.median([st["ce_last"] for st in rec_stats])) if rec_stats else None},
-        "labelling": {"views": "slcodec.augment.crop_params(seed, image id = class, view, policy, res, res): "
+        "labelling": {"views": "slcodec.augment.record.crop_params(seed, image id = class, view, policy, res, res): "
                                "box + flip on the uint8 image, bilinear resize to the teacher size",
                       "policy": view_policy(args).to_dict(), "seconds_sum": round(sum(lab_s), 1),
                       "s_per_1000_views": round(1000 * sum(lab_s) / labels.shape[0] / labels.shape[1], 2)},

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .. import limits
+from ..format import limits
 from ..errors import ConfigError
 from .rules import check_options
 

@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from .. import limits
+from ..format import limits
 from ..errors import ConfigError, FormatError
 from ..lazy_torch import lazy_import
 from .argmax_fix import apply_top1, check_top1, top1_dtype, top1_symbols

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
-from .. import limits
+from ..format import limits
 from ..errors import ConfigError, FormatError
 from .base import Codec, Context, Option, block_rows, check_classes, check_decode_size, register
 from .rules import Choice, Float, Int

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
-from .. import limits
+from ..format import limits
 from ..errors import ConfigError, FormatError
 from .base import Codec, Option, all_finite, check_classes, check_decode_size, register
 from .rules import Int

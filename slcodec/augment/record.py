@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ALGORITHM_VERSION = 1
 

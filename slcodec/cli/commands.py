@@ -12,15 +12,15 @@ import sys
 import tempfile
 import time
 
-from . import __version__
-from .errors import FormatError, SlcodecError
+from .._version import __version__
+from ..errors import FormatError, SlcodecError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 #: decode's output formats by file extension (any other name needs --format)
 DECODE_FORMATS = {".pt": "pt", ".pth": "pt", ".npy": "npy", ".h5": "h5", ".hdf5": "h5"}
 #: the temperatures stats --reference reports KL at unless --temperature says otherwise
 DEFAULT_KL_TEMPERATURES = [1.0, 4.0]
-DEMO_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "lite0_8x64_fp16.npy")
+DEMO_FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "lite0_8x64_fp16.npy")
 
 
 class UsageError(SlcodecError):
@@ -63,7 +63,7 @@ def _progress_printer(quiet: bool):
 
 # --------------------------------------------------------------------------- codec options
 def _codec_options():
-    from .codecs.base import codec_ids, get_codec_class
+    from ..codecs.base import codec_ids, get_codec_class
     options = {}
     for cid in codec_ids():
         for opt in get_codec_class(cid).options:
@@ -110,7 +110,7 @@ def _option_help(owned) -> str:
 
 
 def _chosen_codec_options(args, codec_id):
-    from .codecs.base import get_codec_class
+    from ..codecs.base import get_codec_class
     own = {o.name for o in get_codec_class(codec_id).options}
     config = {}
     for key, value in vars(args).items():
@@ -124,8 +124,8 @@ def _chosen_codec_options(args, codec_id):
 
 # --------------------------------------------------------------------------- commands
 def cmd_encode(args):
-    from . import api
-    from .inputs import load_labels
+    from ..pipeline import reader as api
+    from ..pipeline.inputs import load_labels
 
     _check_output(args.output)
     if args.shards is not None and args.shard_rows is not None:
@@ -133,7 +133,7 @@ def cmd_encode(args):
     codec_id = args.codec or api.default_codec()
     config = _chosen_codec_options(args, codec_id)
     # Check the codec options and the device before reading a possibly large input.
-    from .codecs.base import get_codec_class
+    from ..codecs.base import get_codec_class
     get_codec_class(codec_id)(**config)
     api.resolve_device(args.device)
     src = load_labels(args.input, args.input_kind)
@@ -142,7 +142,7 @@ def cmd_encode(args):
               f"({src.kind_reason}; --input-kind to override)", file=sys.stderr)
     t0 = time.perf_counter()
     if args.distributed:
-        from . import distributed
+        from .. import distributed
         distributed.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
                            provenance={"teacher": args.teacher} if args.teacher else None, **config)
         if not distributed.is_rank_zero():
@@ -153,7 +153,7 @@ def cmd_encode(args):
                    shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
-        from .stats import format_config, format_ratio
+        from ..format.stats import format_config, format_ratio
         s = _stats(args.output)
         r = s["baselines"]["fp16"]["ratio"]
         than_fp16 = f"{format_ratio(r)} smaller than FP16" if r >= 1 else f"{format_ratio(1 / r)} larger than FP16"
@@ -178,8 +178,8 @@ def _small_set_hint(codec_id: str, config: dict, s: dict) -> str | None:
 
 
 def cmd_import(args):
-    from . import api
-    from .importers import import_folder
+    from ..pipeline import reader as api
+    from ..frameworks.importers import import_folder
 
     _check_output(args.output)
     if not os.path.isdir(args.folder):
@@ -192,8 +192,8 @@ def cmd_import(args):
                   progress=_progress_printer(args.quiet), **config)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
-        from .container import Container
-        from .stats import file_stats
+        from ..format.container import Container
+        from ..format.stats import file_stats
         with Container.open(args.output) as c:
             s = file_stats(c)
         aug = s["groups"].get("augmentation", {"bits_per_label": 0.0})
@@ -205,7 +205,7 @@ def cmd_import(args):
 
 
 def cmd_export(args):
-    from .importers import export_folder
+    from ..frameworks.importers import export_folder
     export_folder(args.input, args.output, args.layout, device=args.device, progress=_progress_printer(args.quiet))
     if not args.quiet:
         print(f"wrote {args.output}", file=sys.stderr)
@@ -223,7 +223,7 @@ def _check_output(path):
 def cmd_decode(args):
     import numpy as np
 
-    from . import api
+    from ..pipeline import reader as api
     _check_output(args.output)
     ext = os.path.splitext(args.output)[1].lower()
     fmt = args.format or DECODE_FORMATS.get(ext)
@@ -232,7 +232,7 @@ def cmd_decode(args):
                          f"{', '.join(sorted(DECODE_FORMATS))} or give --format pt, npy or h5")
     with api.open(args.input) as reader:
         values = reader.decode(None, device=args.device, as_=args.as_, temperature=args.temperature).cpu()
-    from .atomic import atomic_path
+    from ..format.atomic import atomic_path
     with atomic_path(args.output) as tmp:  # complete or absent; the mode a plain open() gives
         if fmt == "pt":
             import torch
@@ -251,12 +251,12 @@ def cmd_decode(args):
 
 def _stats(path) -> dict:
     """file_stats of a file, or of a whole sharded set when ``path`` is a manifest."""
-    from .container import Container
-    from .stats import file_stats
+    from ..format.container import Container
+    from ..format.stats import file_stats
     with Container.open(path) as c:
         if not c.is_manifest:
             return file_stats(c)
-        from .shards import open_shard, read_shard_table
+        from ..format.shards import open_shard, read_shard_table
         entries = read_shard_table(c)
         opened = []
         try:
@@ -269,15 +269,15 @@ def _stats(path) -> dict:
 
 
 def cmd_stats(args):
-    from .stats import format_stats
+    from ..format.stats import format_stats
     bad = [t for t in args.temperature if not (0 < t < float("inf"))]
     if bad:
         raise UsageError(f"--temperature must be positive and finite, got {bad[0]:g}")
     s = _stats(args.input)
     if args.reference:
-        from . import api
-        from .inputs import load_labels
-        from .metrics import reader_fidelity
+        from ..pipeline import reader as api
+        from ..pipeline.inputs import load_labels
+        from ..pipeline.metrics import reader_fidelity
         ref = load_labels(args.reference, args.input_kind)
         with api.open(args.input) as reader:
             s["fidelity"] = reader_fidelity(reader, ref, temperatures=args.temperature)
@@ -286,7 +286,7 @@ def cmd_stats(args):
     if args.image_bytes is not None and not args.compare:
         raise UsageError("--image-bytes goes with --compare")
     if args.compare:
-        from .stats import add_comparison
+        from ..format.stats import add_comparison
         if args.image_bytes is not None and args.image_bytes < 0:
             raise UsageError(f"--image-bytes must be >= 0, got {args.image_bytes}")
         add_comparison(s, args.image_bytes)
@@ -295,14 +295,14 @@ def cmd_stats(args):
     else:
         print(format_stats(s))
         if args.compare:
-            from .stats import format_comparison
+            from ..format.stats import format_comparison
             print()
             print(format_comparison(s))
     return EXIT_OK
 
 
 def cmd_verify(args):
-    from .container import Container
+    from ..format.container import Container
     status = EXIT_OK
     for path in args.inputs:
         if not os.path.exists(path):
@@ -313,7 +313,7 @@ def cmd_verify(args):
                 kind = "manifest" if c.is_manifest else "shard" if c.is_shard else "file"
                 problems = c.verify()
             if not problems and kind == "manifest":
-                from .shards import verify_set
+                from ..format.shards import verify_set
                 problems = verify_set(path)  # every shard: presence, size, sha256, every byte
                 note = " (sharded set: manifest and every shard)"
             if not problems and kind == "shard":
@@ -333,7 +333,7 @@ def cmd_verify(args):
 
 
 def cmd_merge(args):
-    from .shards import merge
+    from ..format.shards import merge
     _check_output(args.output)
     merge(args.input, args.output)
     if not args.quiet:
@@ -342,7 +342,7 @@ def cmd_merge(args):
 
 
 def cmd_split(args):
-    from .shards import split
+    from ..format.shards import split
     _check_output(args.output)
     if (args.shards is None) == (args.shard_rows is None):
         raise UsageError("split: give --shards or --shard-rows")
@@ -355,7 +355,7 @@ def cmd_split(args):
 def _verify_codec(path) -> list[str]:
     # The codec-level rules (config, parameter shapes, stream values) need the codec's module,
     # which imports torch only to fit and decode.
-    from . import api
+    from ..pipeline import reader as api
     try:
         with api.open(path) as reader:
             reader.verify_streams()
@@ -369,7 +369,7 @@ INFO_JSON_ONLY = ("loss_history",)
 
 
 def cmd_info(args):
-    from .container import Container
+    from ..format.container import Container
     with Container.open(args.input) as c:
         info = {"format_version": f"{c.preamble.major}.{c.preamble.minor}",
                 "required_flags": c.preamble.required_flags, "optional_flags": c.preamble.optional_flags,
@@ -383,7 +383,7 @@ def cmd_info(args):
     h = info["header"]
     print(f"{args.input}: .vqsl format {info['format_version']} "
           f"(required flags 0x{info['required_flags']:08x}, optional 0x{info['optional_flags']:08x})")
-    from .stats import format_config, resolved_codec_config
+    from ..format.stats import format_config, resolved_codec_config
     print(f"labels: {h['labels']}")
     print(f"codec:  {h['codec']['id']}: {format_config(resolved_codec_config(h['codec']))}")
     for key, value in sorted(h["codec"].get("info", {}).items()):
@@ -418,11 +418,11 @@ def cmd_demo(args):
 
 
 def _demo(args, out_dir) -> int:
-    from . import api
-    from .container import Container
-    from .inputs import load_labels
-    from .metrics import reader_fidelity
-    from .stats import file_stats, format_stats
+    from ..pipeline import reader as api
+    from ..format.container import Container
+    from ..pipeline.inputs import load_labels
+    from ..pipeline.metrics import reader_fidelity
+    from ..format.stats import file_stats, format_stats
 
     src = load_labels(DEMO_FIXTURE)
     print(f"demo: {src.count:,} real soft labels from EfficientNet-Lite0 (ImageNet, {src.classes} classes), "
