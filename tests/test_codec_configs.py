@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec import limits
+from slcodec.format import limits
 from slcodec.cli import main as cli_main
 from slcodec.codecs import get_codec_class
 from slcodec.codecs.base import Context, all_finite
 from slcodec.codecs.rules import Choice, Float, FloatList, Int, bounds_table
-from slcodec.container import Container, ContainerWriter, StreamBuilder
+from slcodec.format.container import Container, ContainerWriter, StreamBuilder
 from slcodec.errors import ConfigError, FormatError
 
 from craft import assert_rejected, parse, rebuild, rewrite_file
@@ -112,7 +112,7 @@ def test_vq_decoder_layers_huge_is_rejected_from_the_config(tmp_path, capsys):
     rejected_by_cli(p, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("layers", [2, 64])
+@pytest.mark.parametrize("layers", [2, 8])
 def test_vq_decoder_shapes_checked_against_the_stored_params(layers, tmp_path):
     """Within the bound, a config naming more layers than the file stores is a params mismatch,
     found before any decoder tensor is built."""
@@ -313,7 +313,7 @@ def test_decode_calls_stay_under_the_byte_cap_and_give_the_same_labels(path, mon
         assert np.array_equal(got.numpy(), want.numpy())
         rows = np.arange(min(3, r.count))
         raw = r.read_streams(rows)
-        from slcodec.api import _to_torch
+        from slcodec.pipeline.reader import _to_torch
         ctx = r._ctx("cpu")
         ctx.rows = rows
         with pytest.raises(ConfigError, match="limit of one call"):
@@ -347,7 +347,7 @@ def test_format_md_documents_every_bound():
         table = text.split(marker, 1)[1].split("\n\n", 1)[0]
         documented = [line for line in table.splitlines() if line.startswith("| `")]
         assert documented == rows, codec_id
-    from slcodec import schema
+    from slcodec.format import schema
     assert getattr(schema, "MAX_CLASSES", limits.MAX_CLASSES) == limits.MAX_CLASSES
     assert f"{limits.MAX_CLASSES:,}" in text
 
@@ -401,3 +401,14 @@ def test_checked_values_are_plain_python():
     assert type(cfg["k"]) is int and type(cfg["step"]) is float
     cfg = get_codec_class("vq")(temperature=np.float64(2.0), codes=np.int32(2)).config
     assert cfg["temperature"] == [2.0] and type(cfg["codes"]) is int
+
+
+def test_vq_encoder_refuses_a_decoder_the_reader_would_reject(tmp_path, monkeypatch):
+    """The writer checks the fitted decoder's logit bound too: it never writes a file its
+    reader rejects (here with the reader's limit lowered below any trained decoder's bound)."""
+    monkeypatch.setattr(limits, "VQ_MAX_LOGIT_BOUND", 1.0)
+    x = np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)
+    out = tmp_path / "out.vqsl"
+    with pytest.raises(ConfigError, match="decoder_layers"):
+        slcodec.encode(x, str(out), codec="vq", bits=6, steps=20, hidden=8, train_batch=32)
+    assert not out.exists()

@@ -48,7 +48,7 @@ the view.  The table costs ``16 * C / A`` bits per label (A views per image): ``
 default) turns it on for ``[images, A, C]`` sets where that is <= 1 bit (C = 10, A = 300:
 0.53 bits), off otherwise and for flat ``[N, C]`` sets.  It needs every image's mean over *all*
 its labels before fitting: :func:`slcodec.encode` makes one extra pass over the input for it;
-a :class:`slcodec.Writer` user calls ``set_image_means`` (``slcodec.writer.image_mean_log_probs``).
+a :class:`slcodec.Writer` user calls ``set_image_means`` (``slcodec.pipeline.writer.image_mean_log_probs``).
 Encoding and decoding need the labels' global indices (``Context.rows``; Writer and Reader pass them).
 
 Rate control
@@ -97,7 +97,7 @@ import numpy as np
 
 from ..lazy_torch import lazy_import, no_grad
 
-from .. import limits
+from ..format import limits
 from ..errors import ConfigError, FormatError
 from .base import Codec, Context, Option, check_classes, check_decode_size, register
 from .rules import Choice, Float, FloatList, Int
@@ -121,7 +121,7 @@ DECODE_TABLE_MAX_MACS = 1 << 33    # ... and when building it (K**M rows through
 # config bounds (FORMAT.md, section vq)
 MAX_CODES, MAX_CODEBOOK = 4096, 65536   # M and K; K = 65536 keeps uint16 codes
 MAX_HIDDEN = 16384
-MAX_DECODER_LAYERS = 64
+MAX_DECODER_LAYERS = 8     # the logit bound grows ~10x per trained layer (H = 256): 8 stay far inside it
 MAX_MARGIN = 100.0         # nats: beyond ~100 the other classes' probabilities are already 0 in float32
 
 
@@ -940,6 +940,13 @@ class VQCodec(Codec):
         # round to the stored dtype so that the fitting process decodes exactly as a reader will
         pdt = getattr(np, cfg["param_dtype"])
         params_np = {k: v.detach().cpu().numpy().astype(pdt) for k, v in dec.t.items()}
+        if not all(np.isfinite(a).all() for a in params_np.values()):
+            raise ConfigError("vq: fitting diverged (non-finite decoder weights); try a smaller lr")
+        pb = dict(params_np, **({} if self._bias_np is None else {"image_bias": self._bias_np}))
+        bound = logit_bound(pb, cfg["decoder_layers"], cfg["margin"])
+        if not bound <= limits.VQ_MAX_LOGIT_BOUND:   # a reader would reject the file (FORMAT.md, vq)
+            raise ConfigError(f"vq: the fitted decoder's weights allow logits up to {bound:.3g}, beyond the "
+                              f"{limits.VQ_MAX_LOGIT_BOUND:g} a reader accepts; use fewer decoder_layers")
         self._set_decoder(params_np)
         # fit statistics
         usage, ent = [], []
