@@ -130,7 +130,8 @@ def encode(labels, path, *, codec: str | None = None, input_kind: str = "auto", 
         header = writer._header()
         header["labels"].update(count=n, shape=list(src.shape))
         params = writer.codec.get_params()
-        sset = ShardSetWriter(path, header, params, token=gather(new_write_token())[0])  # rank 0's, for every rank
+        sset = ShardSetWriter(path, header, params, minor=writer.codec.format_minor(),
+                              token=gather(new_write_token())[0])  # rank 0's, for every rank
         hashes = gather(sset.params_hash)
         if len(set(hashes)) != 1:
             raise RuntimeError(f"ranks fitted different codecs (params sha256 {hashes}); "

@@ -29,7 +29,8 @@ import numpy as np
 from .._version import __version__
 from . import schema
 from .atomic import remove_stale_temps
-from .container import FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, Container, ContainerWriter, SpooledStreamBuilder
+from .container import (FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, FORMAT_MINOR, FORMAT_MINOR_SHARDED, Container,
+                        ContainerWriter, SpooledStreamBuilder)
 from ..errors import ConfigError, FormatError, SetReplacedError
 
 SHARDS_VERSION = 1
@@ -38,10 +39,14 @@ HASH_BLOCK = 1 << 22
 
 
 # --------------------------------------------------------------------------- hashes and names
-def _minor(header: dict) -> int:
-    """The format minor a file with this header needs (the codec decides; see FORMAT.md)."""
-    from ..codecs.base import header_format_minor
-    return header_format_minor(header)
+def single_file_minor(set_minor: int) -> int:
+    """The format minor of the single file that holds a sharded set's labels, from the set's
+    own minor.  The minor is the newest feature a file uses (FORMAT.md); sharding is minor 1
+    and every codec feature has a minor of its own above it, so a set of minor 1 used no
+    feature but sharding (its merged file is 1.0) and a set of a higher minor uses that
+    feature (its merged file keeps it).  This is how the format layer knows a codec's minor
+    without loading the codec: the file that was written by it says so."""
+    return FORMAT_MINOR if set_minor <= FORMAT_MINOR_SHARDED else int(set_minor)
 
 
 def params_sha256(params: dict) -> str:
@@ -271,8 +276,11 @@ class ShardSetWriter:
     beside new shard files that no manifest names; the next write of the set removes them, as
     it removes the temporary files of writers that were killed."""
 
-    def __init__(self, path, header: dict, params: dict, token: str | None = None):
+    def __init__(self, path, header: dict, params: dict, *, minor: int, token: str | None = None):
         self.path = os.fspath(path)
+        # the newest format feature the codec's config uses (the caller asks the codec, or reads
+        # the file being split): the format layer does not load codecs
+        self.minor = int(minor)
         self.folder = os.path.dirname(os.path.abspath(self.path))
         self.header = header
         self.params = dict(params)
@@ -301,7 +309,7 @@ class ShardSetWriter:
                 raise RuntimeError(f"stream {name!r} has {builder.rows} rows for a shard of {count}")
             cw.add_stream("streams/" + name, builder)
         header = self.shard_header(index, start, count)
-        cw.commit(header, required_flags=FLAG_EXTERNAL_PARAMS, publish=False, minor=_minor(header))
+        cw.commit(header, required_flags=FLAG_EXTERNAL_PARAMS, publish=False, minor=self.minor)
         return {"file": os.path.basename(cw.path), "start": int(start), "count": int(count),
                 "bytes": cw.file_length, "sha256": file_sha256(cw.tmp_path), "header_crc32": cw.header_crc32}
 
@@ -318,7 +326,7 @@ class ShardSetWriter:
         cw.add_msgpack("shards", {"version": SHARDS_VERSION, "shards": entries})
         header = dict(self.header)
         header["codec"] = dict(header["codec"], params_sha256=self.params_hash)
-        cw.commit(header, required_flags=FLAG_MANIFEST, publish=False, minor=_minor(header))
+        cw.commit(header, required_flags=FLAG_MANIFEST, publish=False, minor=self.minor)
         with Container.open(cw.tmp_path) as m:  # the table must pass the reader's checks
             read_shard_table(m)
 
@@ -408,7 +416,7 @@ def merge(manifest_path, out_path) -> str:
                     _copy_section(cw, m, s, folder, builders)
                 header = {k: v for k, v in m.header.items() if k != "sections"}
                 header["codec"] = {k: v for k, v in header["codec"].items() if k != "params_sha256"}
-                cw.commit(header, minor=_minor(header))
+                cw.commit(header, minor=single_file_minor(m.preamble.minor))
             finally:
                 for b in builders:
                     b.close()
@@ -447,7 +455,7 @@ def split(path, out_manifest, shards: int | None = None, shard_rows: int | None 
         header = {k: v for k, v in c.header.items() if k != "sections"}
         header["codec"] = {k: v for k, v in header["codec"].items() if k != "params_sha256"}
         header.setdefault("created_by", f"slcodec {__version__}")
-        w = ShardSetWriter(out_manifest, header, container_params(c))
+        w = ShardSetWriter(out_manifest, header, container_params(c), minor=c.preamble.minor)
         builders = []
         try:
             stream_secs = [s for s in c.header["sections"] if s["name"].startswith("streams/")]
@@ -488,5 +496,5 @@ def split(path, out_manifest, shards: int | None = None, shard_rows: int | None 
     return os.fspath(out_manifest)
 
 
-__all__ = ["params_sha256", "read_shard_table", "open_shard", "verify_set", "ShardSetWriter", "merge", "split",
-           "shard_file_name", "new_write_token", "manifest_replaced", "remove_stale_set_temps"]
+__all__ = ["params_sha256", "single_file_minor", "read_shard_table", "open_shard", "verify_set", "ShardSetWriter",
+           "merge", "split", "shard_file_name", "new_write_token", "manifest_replaced", "remove_stale_set_temps"]

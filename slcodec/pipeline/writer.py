@@ -327,7 +327,8 @@ class Writer:
         """Write the labels encoded since the last shard as a shard file (temporary until close)."""
         from ..format.shards import ShardSetWriter
         if self._set is None:
-            self._set = ShardSetWriter(self.path, self._header(), self._checked_params())
+            self._set = ShardSetWriter(self.path, self._header(), self._checked_params(),
+                                       minor=self.codec.format_minor())
         n = self.count - self._shard_start
         self._entries.append(self._set.write_shard(len(self._entries), self._shard_start, n, self._builders))
         for b in self._builders.values():
