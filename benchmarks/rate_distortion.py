@@ -69,7 +69,8 @@ from slcodec.codecs import get_codec_class  # noqa: E402
 from slcodec.codecs.base import Context  # noqa: E402
 from slcodec.format.container import Container  # noqa: E402
 from slcodec.format.stats import file_stats  # noqa: E402
-from slcodec.pipeline.writer import RowReader, image_mean_log_probs  # noqa: E402
+from slcodec.pipeline.rows import RowReader  # noqa: E402
+from slcodec.pipeline.statistics import image_mean_log_probs  # noqa: E402
 
 CACHE = HERE / ".cache"
 # the full run's ImageNet set (120 images x 300 views; images 0-39 are lite0_40x300.npy's);

@@ -33,7 +33,7 @@ median top-1 probability and tail mass are printed and stored.
 
 Memory: a thread samples VmRSS / RssAnon of the process every 0.2 s; at 1M, 5M, 15M labels (and
 every million) the current VmRSS, RssAnon, VmHWM and the largest VmRSS since the last print are
-printed. The generator reads the corpus with file reads (slcodec.pipeline.writer.RowReader), so its
+printed. The generator reads the corpus with file reads (slcodec.pipeline.rows.RowReader), so its
 pages are not resident.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ class TiledCorpus:
     """
 
     def __init__(self, path, n, seed=0):
-        from slcodec.pipeline.writer import RowReader
+        from slcodec.pipeline.rows import RowReader
         arr = np.load(path, mmap_mode="r")
         self.path = path
         self.views = int(arr.shape[1]) if arr.ndim == 3 else 1
@@ -310,9 +310,24 @@ def label_stats(x: np.ndarray, tail=None) -> dict:
 
 
 def evenly_spaced(n, k):
-    if n <= k:
-        return np.arange(n, dtype=np.int64)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+    """The rows slcodec.encode fits on."""
+    from slcodec.pipeline.rows import fit_rows
+    return fit_rows(n, k)
+
+
+def spool_bytes(folder) -> int:
+    """Bytes in this process's open anonymous temporary files in ``folder`` (the writer's stream
+    spools: unnamed files, found by their open descriptors): the writer's disk use before close."""
+    folder = os.path.abspath(folder)
+    total = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.dirname(target) == folder and target.endswith(" (deleted)"):
+                total += os.fstat(int(fd)).st_size
+        except OSError:
+            pass
+    return total
 
 
 def lead_shape(n, views):
@@ -468,7 +483,7 @@ def cmd_stream(args):
                    "append_s": t_append, "gen_s": t_gen, "VmRSS_mib": s["VmRSS"], "RssAnon_mib": s["RssAnon"],
                    "VmHWM_mib": s["VmHWM"], "max_VmRSS_since_last_mib": rss_max,
                    "max_RssAnon_since_last_mib": anon_max,
-                   "spool_bytes": sum(b.spooled_bytes for b in w._builders.values())}
+                   "spool_bytes": spool_bytes(w.folder)}
             res["checkpoints"].append(row)
             _save(res, out_json, quiet=True)   # a run cut short still leaves its checkpoints
             rate = hi / max(1e-9, time.perf_counter() - t_stream)

@@ -9,9 +9,12 @@ __all__ = ["__version__", "encode", "open", "Reader", "Writer", "SlcodecError", 
 
 def __getattr__(name):
     # The API needs torch; importing it lazily keeps `import slcodec.format.container` torch-free.
-    if name in ("encode", "open", "Reader"):
-        from .pipeline import reader as api
-        return getattr(api, name)
+    if name == "encode":
+        from .pipeline.encode import encode
+        return encode
+    if name in ("open", "Reader"):
+        from .pipeline import reader
+        return getattr(reader, name)
     if name == "Writer":
         from .pipeline.writer import Writer
         return Writer

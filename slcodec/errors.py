@@ -36,3 +36,21 @@ class ConfigError(SlcodecError):
 
 class SetReplacedError(SlcodecError):
     """A sharded set was replaced by a new one while it was being read: not damage; open it again."""
+
+
+_TERMINAL_ESCAPE = r"\x1b\[[0-9;]*[A-Za-z]"
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message as one printable line: terminal escape codes and control
+    characters dropped, runs of whitespace (newlines included) made one space, cut to ``limit``
+    characters; the exception's type name when the message is empty.  The CLI and the input
+    adapters print every error through this, so a hostile file cannot draw on the terminal."""
+    import re
+    text = re.sub(_TERMINAL_ESCAPE, "", str(exc))
+    text = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())
+    if not text:
+        return type(exc).__name__
+    if limit is not None and len(text) > limit:
+        text = text[:max(0, limit - 3)] + "..."
+    return text

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import slcodec
-import slcodec.pipeline.reader as api
+import slcodec.pipeline.writer as writer_mod
 from slcodec.errors import ConfigError, FormatError, InputError
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
@@ -395,18 +395,18 @@ def test_encode_batch_size_does_not_change_results(tmp_path, codec, opts):
 
 
 def test_stream_chunk_rows():
-    assert api._stream_chunk_rows("float32", 20) == 4096
-    assert api._stream_chunk_rows("uint16", 5) == 4096
-    assert api._stream_chunk_rows("float32", 64) == 4096     # exactly 1 MiB a chunk
-    assert api._stream_chunk_rows("float32", 65) == 2048
-    assert api._stream_chunk_rows("float16", 1000) == 512
-    assert api._stream_chunk_rows("float32", 65536) == 16    # never fewer than 16 rows
+    assert writer_mod.stream_chunk_rows("float32", 20) == 4096
+    assert writer_mod.stream_chunk_rows("uint16", 5) == 4096
+    assert writer_mod.stream_chunk_rows("float32", 64) == 4096     # exactly 1 MiB a chunk
+    assert writer_mod.stream_chunk_rows("float32", 65) == 2048
+    assert writer_mod.stream_chunk_rows("float16", 1000) == 512
+    assert writer_mod.stream_chunk_rows("float32", 65536) == 16    # never fewer than 16 rows
 
 
 @pytest.mark.parametrize("codec,opts", [("fp32", {}), ("fp16", {}), ("topk", {"k": 3})])
 def test_random_access_across_chunks(tmp_path, monkeypatch, codec, opts):
     x = make_logits((10, 5, 20), seed=5)
-    monkeypatch.setattr(api, "_stream_chunk_rows", lambda dtype, width: 4)
+    monkeypatch.setattr(writer_mod, "stream_chunk_rows", lambda dtype, width: 4)
     path = str(tmp_path / "chunked.vqsl")
     slcodec.encode(x, path, codec=codec, **opts)
     monkeypatch.undo()

@@ -127,8 +127,8 @@ def test_writer_without_image_means_is_refused_clearly(tmp_path):
             w.append(x)
     assert not (tmp_path / "w.vqsl").exists()
     # with them it works, and gives the file slcodec.encode gives
-    from slcodec.pipeline.writer import image_mean_log_probs
-    from slcodec.pipeline.writer import RowReader
+    from slcodec.pipeline.rows import RowReader
+    from slcodec.pipeline.statistics import image_mean_log_probs
     with RowReader(x.reshape(512, 1000)) as reader:
         means = image_mean_log_probs(reader, [8, 64], "logits")
     with slcodec.Writer(tmp_path / "w.vqsl", "imgprior", classes=1000, shape=[8, 64]) as w:

@@ -176,6 +176,7 @@ SHARD_CASES = {
     "shard-opened-alone": ("external-params", _shard_alone, False),
     "shard-holds-params": ("external-params", _shard_with_params, True),
     "shard-without-params-hash": ("external-params", case_shard(lambda h: h["codec"].pop("params_sha256")), True),
+    "shard-without-position": ("external-params", case_shard(lambda h: h.pop("shard")), True),
     # rule: shard-missing
     "shard-missing": ("shard-missing", _missing_shard, True),
     # rule: shard-mismatch
@@ -414,3 +415,91 @@ def test_two_rank_gloo_encode_equals_single_process(tmp_path):
             with Container.open(single) as c, Container.open(man) as m:
                 assert shards.params_sha256(shards.container_params(c)) == m.header["codec"]["params_sha256"]
         assert cli.main(["verify", man]) == 0
+
+
+# A codec whose fit goes wrong: non-finite parameters, on every rank or (NAN_RANK) on one rank only.
+NAN_CODEC = r"""
+import os, numpy as np
+from slcodec.codecs.base import Codec
+
+class NanCodec(Codec):
+    codec_id = "test-nan"
+
+    def fit(self, labels, ctx):
+        bad = os.environ.get("NAN_RANK") in (None, os.environ.get("RANK"))
+        self.scale = np.array([np.nan if bad else 1.0], dtype=np.float32)
+
+    def get_params(self):
+        return {"scale": self.scale}
+
+    def encode(self, labels, ctx):
+        return {"values": labels.cpu().numpy().astype(np.float16)}
+
+    def decode(self, streams, ctx):
+        return streams["values"].float()
+
+    def stream_specs(self, classes):
+        return {"values": ("float16", classes)}
+"""
+
+NAN_DIST_SCRIPT = NAN_CODEC + r"""
+import sys, numpy as np
+import torch.distributed as dist
+import slcodec.distributed as d
+from slcodec.codecs.base import register
+from slcodec.errors import ConfigError
+register(NanCodec)
+dist.init_process_group("gloo")
+x = np.load(sys.argv[2])[:3]
+try:
+    d.encode(x, sys.argv[1] + "/nan-dist.vqsl", codec="test-nan")
+except ConfigError as exc:
+    print("REFUSED:", exc)
+    sys.exit(0)
+sys.exit(5)
+"""
+
+
+def _run_two_ranks(script_text, tmp_path, env_extra=None):
+    script = tmp_path / "run.py"
+    script.write_text(script_text)
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", **(env_extra or {}))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path), FIXTURE], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+@pytest.fixture
+def nan_codec(monkeypatch):
+    from slcodec.codecs import base
+    scope = {}
+    exec(NAN_CODEC, scope)
+    monkeypatch.setitem(base._REGISTRY, "test-nan", scope["NanCodec"])   # this test only
+    return scope["NanCodec"]
+
+
+@pytest.mark.parametrize("nan_rank", [None, "1"])
+def test_non_finite_parameters_are_refused_by_every_encode_path(tmp_path, nan_codec, nan_rank):
+    """A fit gone wrong writes nothing, whichever path encodes: one file, a sharded set, or a
+    2-rank team - and a team stops on every rank with the same error even when only one rank's
+    fit went wrong (the others would otherwise wait for it forever)."""
+    from slcodec.errors import ConfigError
+    x = labels()
+    if nan_rank is None:
+        for kw in ({}, {"shard_rows": 50}):
+            with pytest.raises(ConfigError, match="non-finite parameter 'scale'"):
+                slcodec.encode(x, str(tmp_path / "nan-one.vqsl"), codec="test-nan", **kw)
+        with pytest.raises(ConfigError, match="non-finite parameter 'scale'"):
+            with slcodec.Writer(str(tmp_path / "nan-w.vqsl"), "test-nan", classes=1000) as w:
+                w.append(x.reshape(-1, 1000))
+        assert os.listdir(tmp_path) == []
+    rcs, outs = _run_two_ranks(NAN_DIST_SCRIPT, tmp_path, {"NAN_RANK": nan_rank} if nan_rank else None)
+    assert rcs == [0, 0], outs
+    for out in outs:
+        assert "REFUSED:" in out and "non-finite parameter 'scale'" in out, out
+    assert sorted(os.listdir(tmp_path)) == ["run.py"]

@@ -10,7 +10,8 @@ from slcodec.codecs.base import Context
 from slcodec.codecs.vq import VQCodec
 from slcodec.format.container import Container
 from slcodec.errors import ConfigError, FormatError
-from slcodec.pipeline.writer import RowReader, image_mean_log_probs
+from slcodec.pipeline.rows import RowReader
+from slcodec.pipeline.statistics import image_mean_log_probs
 
 from craft import assert_rejected, rewrite_file
 

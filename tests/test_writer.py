@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 
 import slcodec
 import slcodec.pipeline.reader as api
+import slcodec.pipeline.encode as encode_mod
 import slcodec.pipeline.writer as writer_mod
 from slcodec.codecs.base import Codec, get_codec_class
 from slcodec.format.container import Container, ContainerWriter, SpooledStreamBuilder, StreamBuilder
 from slcodec.errors import ConfigError, InputError
 from slcodec.pipeline.inputs import as_source
+from slcodec.pipeline.rows import RowReader, fit_rows
 
 MAGIC = b"\x89VQS\r\n\x1a\n"
 
@@ -36,7 +38,6 @@ class Fitted(Codec):
     """A test codec with parameters: remembers every sample it was fitted on."""
 
     codec_id = "test-fitted"
-    lossless = True
     samples: list = []
 
     def fit(self, labels, ctx):
@@ -339,29 +340,30 @@ def test_row_reader_reads_memmaps_with_file_reads(tmp_path):
     np.save(p, x)
     mm = np.load(p, mmap_mode="r")
     rows = mm.reshape(-1, 7)
-    with writer_mod.RowReader(rows) as rr:
+    with RowReader(rows) as rr:
         assert rr.uses_file_reads
         np.testing.assert_array_equal(rr.read(7, 133), x.reshape(-1, 7)[7:133])
         idx = np.array([0, 1, 2, 9, 10, 299])
         np.testing.assert_array_equal(rr.take(idx), x.reshape(-1, 7)[idx])
-        np.testing.assert_array_equal(rr.evenly_spaced(4), x.reshape(-1, 7)[[0, 100, 199, 299]])
+        np.testing.assert_array_equal(fit_rows(300, 4), [0, 100, 199, 299])
+        np.testing.assert_array_equal(rr.take(fit_rows(300, 4)), x.reshape(-1, 7)[[0, 100, 199, 299]])
     # a map with an offset (as slcodec maps contiguous .h5 datasets) and a view that starts later
     raw = str(tmp_path / "raw.bin")
     with open(raw, "wb") as f:
         f.write(b"\0" * 5000 + x.tobytes())
     mm2 = np.memmap(raw, mode="r", dtype=np.float16, shape=(300, 7), offset=5000)
-    with writer_mod.RowReader(mm2) as rr:
+    with RowReader(mm2) as rr:
         assert rr.uses_file_reads
         np.testing.assert_array_equal(rr.read(0, 300), x.reshape(-1, 7))
-    with writer_mod.RowReader(mm2[10:]) as rr:
+    with RowReader(mm2[10:]) as rr:
         assert rr.uses_file_reads
         np.testing.assert_array_equal(rr.read(0, 5), x.reshape(-1, 7)[10:15])
     cow = np.load(p, mmap_mode="c").reshape(-1, 7)
     cow[0, 0] = 99  # private change, not in the file
-    with writer_mod.RowReader(cow) as rr:
+    with RowReader(cow) as rr:
         assert not rr.uses_file_reads
         assert rr.read(0, 1)[0, 0] == 99
-    with writer_mod.RowReader(x.reshape(-1, 7)) as rr:
+    with RowReader(x.reshape(-1, 7)) as rr:
         assert not rr.uses_file_reads
         np.testing.assert_array_equal(rr.read(3, 9), x.reshape(-1, 7)[3:9])
 
@@ -370,7 +372,7 @@ def test_encode_of_a_memmap_equals_encode_of_the_array(tmp_path, monkeypatch):
     x = make_logits((40, 6, 9), seed=8, dtype=np.float16)
     p = str(tmp_path / "x.npy")
     np.save(p, x)
-    monkeypatch.setattr(writer_mod, "ENCODE_BLOCK_BYTES", 36 * 16)  # blocks of 16 rows
+    monkeypatch.setattr(encode_mod, "ENCODE_BLOCK_BYTES", 36 * 16)  # blocks of 16 rows
     src = as_source(np.load(p, mmap_mode="r"), path=p)
     a, b = str(tmp_path / "a.vqsl"), str(tmp_path / "b.vqsl")
     slcodec.encode(src, a, codec="topk", k=3)
@@ -380,14 +382,14 @@ def test_encode_of_a_memmap_equals_encode_of_the_array(tmp_path, monkeypatch):
     for name in pa:
         if name != "provenance":
             assert pa[name] == pb[name]
-    assert writer_mod.encode_block_rows(9, 65536) == 16
+    assert encode_mod.encode_block_rows(9, 65536) == 16
 
 
 def test_encode_block_rows():
-    assert writer_mod.encode_block_rows(1000, 65536) == 8192
-    assert writer_mod.encode_block_rows(1000, 100) == 100
-    assert writer_mod.encode_block_rows(10, 65536) == 65536
-    assert writer_mod.encode_block_rows(1 << 24, 65536) == 1
+    assert encode_mod.encode_block_rows(1000, 65536) == 8192
+    assert encode_mod.encode_block_rows(1000, 100) == 100
+    assert encode_mod.encode_block_rows(10, 65536) == 65536
+    assert encode_mod.encode_block_rows(1 << 24, 65536) == 1
 
 
 # --------------------------------------------------------------------------- outputs: temporaries and permissions

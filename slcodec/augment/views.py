@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int
 from .record import MIX_CUTMIX, MIX_MIXUP, Policy, crop_params, mix_params
 
 
@@ -132,8 +133,7 @@ def relabel(teacher: Callable, images, policy: Policy, seed: int, augs_per_image
         slcodec.encode(logits.view(len(images), 64, -1), "labels.vqsl",
                        augment=augment_record(seed, policy))
     """
-    if augs_per_image < 1 or batch_size < 1:
-        raise ValueError("augs_per_image and batch_size must be positive")
+    augs_per_image, batch_size = check_int(augs_per_image, "augs_per_image"), check_int(batch_size, "batch_size")
     imgs = np.arange(len(images)) if images_range is None else np.asarray(images_range, dtype=np.int64)
     flat = np.arange(imgs.size * augs_per_image, dtype=np.int64)
     with torch.inference_mode():

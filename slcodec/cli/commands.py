@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from .._version import __version__
-from ..errors import FormatError, SlcodecError
+from ..errors import FormatError, SlcodecError, one_line
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 #: decode's output formats by file extension (any other name needs --format)
@@ -124,18 +124,19 @@ def _chosen_codec_options(args, codec_id):
 
 # --------------------------------------------------------------------------- commands
 def cmd_encode(args):
-    from ..pipeline import reader as api
+    from ..pipeline.device import default_codec, resolve_device
+    from ..pipeline.encode import encode
     from ..pipeline.inputs import load_labels
 
     _check_output(args.output)
     if args.shards is not None and args.shard_rows is not None:
         raise UsageError("encode: give --shards or --shard-rows, not both")
-    codec_id = args.codec or api.default_codec()
+    codec_id = args.codec or default_codec()
     config = _chosen_codec_options(args, codec_id)
     # Check the codec options and the device before reading a possibly large input.
     from ..codecs.base import get_codec_class
     get_codec_class(codec_id)(**config)
-    api.resolve_device(args.device)
+    resolve_device(args.device)
     src = load_labels(args.input, args.input_kind)
     if not args.quiet:
         print(f"input: {src.path} {list(src.shape)} {src.array.dtype}, read as {src.kind.upper()} "
@@ -148,9 +149,9 @@ def cmd_encode(args):
         if not distributed.is_rank_zero():
             return EXIT_OK
     else:
-        api.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
-                   provenance={"teacher": args.teacher} if args.teacher else None,
-                   shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
+        encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
+               provenance={"teacher": args.teacher} if args.teacher else None,
+               shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         from ..format.stats import format_config, format_ratio
@@ -178,13 +179,13 @@ def _small_set_hint(codec_id: str, config: dict, s: dict) -> str | None:
 
 
 def cmd_import(args):
-    from ..pipeline import reader as api
+    from ..pipeline.device import default_codec
     from ..frameworks.importers import import_folder
 
     _check_output(args.output)
     if not os.path.isdir(args.folder):
         raise UsageError(f"{args.folder}: not a folder")
-    codec_id = args.codec or api.default_codec()
+    codec_id = args.codec or default_codec()
     config = _chosen_codec_options(args, codec_id)
     t0 = time.perf_counter()
     import_folder(args.folder, args.output, args.layout, codec=codec_id, classes=args.classes, device=args.device,
@@ -419,6 +420,8 @@ def cmd_demo(args):
 
 def _demo(args, out_dir) -> int:
     from ..pipeline import reader as api
+    from ..pipeline.device import default_codec
+    from ..pipeline.encode import encode
     from ..format.container import Container
     from ..pipeline.inputs import load_labels
     from ..pipeline.metrics import reader_fidelity
@@ -427,14 +430,14 @@ def _demo(args, out_dir) -> int:
     src = load_labels(DEMO_FIXTURE)
     print(f"demo: {src.count:,} real soft labels from EfficientNet-Lite0 (ImageNet, {src.classes} classes), "
           f"shape {list(src.shape)}, read as {src.kind}")
-    codecs = args.codecs or [api.default_codec(), "topk"]
+    codecs = args.codecs or [default_codec(), "topk"]
     summary = []
     for codec_id in codecs:
         out = os.path.join(out_dir, f"lite0_8x64.{codec_id}.vqsl")
         t0 = time.perf_counter()
-        api.encode(src, out, codec=codec_id, device=args.device, seed=0,
-                   provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)"},
-                   progress=_progress_printer(args.quiet))
+        encode(src, out, codec=codec_id, device=args.device, seed=0,
+               provenance={"teacher": "EfficientNet-Lite0 (ImageNet-1K)"},
+               progress=_progress_printer(args.quiet))
         elapsed = time.perf_counter() - t0
         with Container.open(out) as c:
             s = file_stats(c)
@@ -607,15 +610,15 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
     except SlcodecError as exc:
-        print(f"slcodec: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"slcodec: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as exc:
         name = getattr(exc, "filename", None)
-        print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as exc:  # e.g. encode or decode without torch
-        missing = getattr(exc, "name", None) or _one_line(exc)
-        print(f"slcodec: error: this command needs {missing}, which cannot be imported ({_one_line(exc)})",
+        missing = getattr(exc, "name", None) or one_line(exc)
+        print(f"slcodec: error: this command needs {missing}, which cannot be imported ({one_line(exc)})",
               file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -627,14 +630,9 @@ def main(argv=None) -> int:
     except Exception as exc:  # an internal bug: still one line, traceback only on request
         if os.environ.get("SLCODEC_DEBUG"):
             raise
-        print(f"slcodec: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"slcodec: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(set SLCODEC_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
-
-
-def _one_line(exc) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ JSON/msgpack-able configuration stored in the container header.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from .._checks import check_int
 from ..format import limits
 from ..errors import ConfigError
 from .rules import check_options
@@ -70,8 +70,6 @@ class Codec(ABC):
 
     codec_id: ClassVar[str]
     options: ClassVar[tuple[Option, ...]] = ()
-    #: True when decode(encode(x)) == x exactly for inputs representable in the stored dtype
-    lossless: ClassVar[bool] = False
     #: True when decode returns a new tensor nothing else refers to (not a view of its streams),
     #: so readers may convert it in place
     decode_owns_output: ClassVar[bool] = False
@@ -99,13 +97,24 @@ class Codec(ABC):
     def format_minor(self) -> int:
         return 0
 
+    def fit_statistics(self, label_shape, classes: int) -> tuple[str, ...]:
+        """Names of the whole-input statistics (``slcodec.pipeline.statistics``) this codec wants
+        before fitting a set of this leading shape; the pipeline computes each over every label and
+        hands it to :meth:`set_fit_statistic`.  Default: the image means when the codec still
+        implements the older :meth:`wants_image_means` pair (``vq`` until it moves to this hook)."""
+        return ("image_mean_log_probs",) if self.wants_image_means(label_shape, classes) else ()
+
+    def set_fit_statistic(self, name: str, value: np.ndarray) -> None:
+        """Receive the statistic ``name`` of the whole input (one that :meth:`fit_statistics` asked for)."""
+        if name == "image_mean_log_probs":
+            return self.set_image_means(value)
+        raise ConfigError(f"codec {self.codec_id!r} does not use the input statistic {name!r}")
+
+    # the older, image-means-only form of the two hooks above (still implemented by vq)
     def wants_image_means(self, label_shape, classes: int) -> bool:
-        """Whether :meth:`set_image_means` should be called before fitting a set of this shape
-        (a codec that conditions on the image of a label).  Default: no."""
         return False
 
     def set_image_means(self, means: np.ndarray) -> None:
-        """Per-image mean log-probabilities ``[images, C]`` over all of each image's labels."""
         raise ConfigError(f"codec {self.codec_id!r} does not use per-image statistics")
 
     @classmethod
@@ -155,10 +164,7 @@ class Codec(ABC):
 
 def check_classes(codec_id: str, classes) -> int:
     """``classes`` (C) as an int within the format's bounds (2 .. MAX_CLASSES), else ConfigError."""
-    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) \
-            or not 2 <= classes <= limits.MAX_CLASSES:
-        raise ConfigError(f"{codec_id}: the number of classes must be 2 .. {limits.MAX_CLASSES:,}, got {classes!r}")
-    return int(classes)
+    return check_int(classes, f"{codec_id}: the number of classes", 2, limits.MAX_CLASSES)
 
 
 def check_decode_size(codec_id: str, rows: int, classes: int) -> None:

@@ -167,8 +167,13 @@ class ImagePriorCodec(Codec):
             return int(label_shape[0]), int(label_shape[1])
         return 1, None
 
-    def wants_image_means(self, label_shape, classes):
-        return label_shape is not None and len(label_shape) == 2
+    def fit_statistics(self, label_shape, classes):
+        return ("image_mean_log_probs",) if label_shape is not None and len(label_shape) == 2 else ()
+
+    def set_fit_statistic(self, name, value):
+        if name != "image_mean_log_probs":
+            return super().set_fit_statistic(name, value)
+        self.set_image_means(value)
 
     def set_image_means(self, means):
         means = np.asarray(means, dtype=np.float32)

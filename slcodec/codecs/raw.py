@@ -12,7 +12,6 @@ torch = lazy_import("torch", globals())  # imported on first use: file checks ne
 
 
 class _RawCodec(Codec):
-    lossless = True
     dtype: np.dtype
 
     def encode(self, labels, ctx):

@@ -306,10 +306,6 @@ class SpooledStreamBuilder(StreamBuilder):
         self._end += len(chunk)
         self._index += CHUNK_ENTRY.pack(self._end, crc32(chunk), 0)
 
-    @property
-    def spooled_bytes(self) -> int:
-        return self._end
-
     def finish(self) -> tuple[dict, bytes]:
         meta, parts = self.finish_parts()
         return meta, b"".join(parts)

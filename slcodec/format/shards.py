@@ -26,6 +26,7 @@ import struct
 
 import numpy as np
 
+from .._checks import check_int
 from .._version import __version__
 from . import schema
 from .atomic import remove_stale_temps
@@ -443,8 +444,8 @@ def split(path, out_manifest, shards: int | None = None, shard_rows: int | None 
     if (shards is None) == (shard_rows is None):
         raise ConfigError("give exactly one of shards and shard_rows")
     for v, what in ((shards, "shards"), (shard_rows, "shard_rows")):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-            raise ConfigError(f"{what} must be a positive integer, got {v!r}")
+        if v is not None:
+            check_int(v, what)
     if os.path.abspath(os.fspath(path)) == os.path.abspath(os.fspath(out_manifest)):
         raise ConfigError("split: the output must not be the input")
     with Container.open(path) as c:

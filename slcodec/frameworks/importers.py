@@ -37,7 +37,8 @@ import re
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from .._checks import check_int
+from ..errors import ConfigError, InputError, one_line
 
 LAYOUTS = ("sre2l", "lpqld", "fkd")
 EXPORT_LAYOUTS = ("sre2l", "fkd")
@@ -75,11 +76,6 @@ def _numpy_globals() -> dict:
     return out
 
 
-def _one_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def load_file(path: str):
     """``torch.load`` a label file safely: tensors, numpy arrays and plain Python values only."""
     import torch
@@ -109,10 +105,10 @@ def load_file(path: str):
     except pickle.UnpicklingError as exc:
         detail = str(exc).partition("WeightsUnpickler error:")[2].strip() or str(exc)
         raise InputError(f"{path}: refused: the file holds objects other than tensors, numpy arrays and plain "
-                         f"values (loaded with weights_only=True: {_one_line(detail)[:160]})") from None
+                         f"values (loaded with weights_only=True: {one_line(detail, 160)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
             AttributeError) as exc:
-        raise InputError(f"{path}: not a readable torch file ({_one_line(exc)[:160]})") from None
+        raise InputError(f"{path}: not a readable torch file ({one_line(exc, 160)})") from None
     _check_plain(obj, path)
     return obj
 
@@ -320,9 +316,7 @@ def _check_classes(classes, layout):
             raise ConfigError(f"{layout} files keep only the top-k classes; give the number of classes "
                               "(classes=..., --classes)")
         return None
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
-        raise ConfigError(f"classes must be an integer >= 2, got {classes!r}")
-    return int(classes)
+    return check_int(classes, "classes", lo=2)
 
 
 def import_folder(folder, path, layout: str, *, codec: str | None = None, classes: int | None = None,

@@ -7,14 +7,13 @@ or probabilities.  Nothing here unpickles: torch files are loaded with
 from __future__ import annotations
 
 import os
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 INPUT_KINDS = ("auto", "logits", "probs")
 #: rows are checked in blocks of this many so a memory-mapped input is never read whole
@@ -74,17 +73,8 @@ def load_array(spec: str, key_hint: str | None = None) -> tuple[np.ndarray, str 
     except InputError:
         raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: cannot read ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read ({one_line(exc)})") from None
     raise InputError(f"{path}: unknown label file type {ext or '(none)'!r} (use .pt, .npy, .npz or .h5)")
-
-
-_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
-
-
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception's message, without terminal escape codes."""
-    text = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return _CONTROL.sub("", text[0]).strip() if text else type(exc).__name__
 
 
 def _pick(mapping: dict, key: str | None, path: str):
@@ -114,9 +104,9 @@ def _load_torch(path: str, key: str | None):
         if "Weights only load failed" in msg:
             raise InputError(f"{path}: refused: the file holds objects other than tensors "
                              "(torch files are loaded with weights_only=True)") from None
-        raise InputError(f"{path}: not a readable torch file ({_one_line(exc)[:160]})") from None
+        raise InputError(f"{path}: not a readable torch file ({one_line(exc, 160)})") from None
     except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable torch file ({_one_line(exc)[:160]})") from None
+        raise InputError(f"{path}: not a readable torch file ({one_line(exc, 160)})") from None
     kind = None
     if isinstance(obj, dict):
         obj, kind = _pick(obj, key, path)
@@ -157,7 +147,7 @@ def _npy_header(f, size: int, where: str):
     except InputError:
         raise
     except (ValueError, SyntaxError, TypeError, EOFError, OverflowError, Warning) as exc:
-        raise InputError(f"{where}: not a valid .npy file ({_one_line(exc)[:160]})") from None
+        raise InputError(f"{where}: not a valid .npy file ({one_line(exc, 160)})") from None
     offset = f.tell()
     if dtype.hasobject:
         raise InputError(f"{where}: holds Python objects (dtype {dtype}); only numeric labels are read (no pickle)")

@@ -1,121 +1,22 @@
-"""The Python API: :func:`encode` labels into a ``.vqsl`` file and :func:`open` one for decoding."""
+"""Reading: :func:`open` a ``.vqsl`` file (or a sharded set's manifest) and decode its labels
+with a :class:`Reader` (:class:`ShardedReader`).  Encoding is :mod:`slcodec.pipeline.encode`."""
 from __future__ import annotations
 
-import builtins
 import math
 import os
-import tempfile
 
 import numpy as np
 
-from .._version import __version__
-from ..format import limits
+from ..format import limits, rules
 from ..codecs.base import Context, get_codec_class
 from ..codecs.rules import check_stored
 from ..format.container import Container
-from ..errors import ConfigError, FormatError, ResourceError, SlcodecError
-from .inputs import LabelSource, as_source
-from .writer import RowReader, Writer, encode_block_rows, image_mean_log_probs, stream_chunk_rows
+from ..errors import ConfigError, FormatError, ResourceError
+from .device import resolve_device
 
-#: codecs tried in this order when none is named
-DEFAULT_CODECS = ("vq", "fp16")
 DECODED_KINDS = ("probs", "logits", "log_probs")
 #: streams whose decoded size is at most this are held in memory for random access (see read_streams)
 RESIDENT_STREAM_BYTES = 256 << 20
-
-
-def default_codec() -> str:
-    from ..codecs.base import codec_ids
-    known = codec_ids()
-    return next(c for c in DEFAULT_CODECS if c in known)
-
-
-def _stream_chunk_rows(dtype: str, width: int) -> int:
-    # The writer's rule, looked up through this module so that tests can shrink chunks.
-    return stream_chunk_rows(dtype, width)
-
-
-def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "auto", device: str = "cpu",
-           seed: int = 0, provenance: dict | None = None, augment: dict | None = None,
-           batch_size: int = 65536, shard_rows: int | None = None, shards: int | None = None,
-           progress=None, log=None, **codec_config):
-    """Fit ``codec`` on ``labels`` and write a container.
-
-    ``labels``: a :class:`~slcodec.pipeline.inputs.LabelSource`, a numpy array or a torch tensor of
-    shape ``[N, C]`` or ``[images, augmentations, C]``.  With ``path`` the file is written
-    atomically and the path returned; without it the container's bytes are returned.
-    Codec options are keyword arguments (``k=5`` for ``topk``, ``bits=40`` for ``vq`` ...).
-
-    This is :class:`slcodec.Writer` fed from an array: a codec that learns parameters is
-    fitted on ``fit_sample`` evenly spaced rows of the input (all rows when there are
-    fewer; ``fit_sample`` is the codec's option, or a keyword of the writer), then the rows
-    are read and encoded in blocks of at most ``batch_size`` rows (and at most 32 MiB as
-    float32).  A memory-mapped ``.npy`` or contiguous ``.h5`` input is read with plain
-    file reads, block by block, so inputs larger than memory stream through.
-
-    ``shard_rows`` (or ``shards``, a number of shards of equal size): write a sharded set
-    (format 1.1): ``path`` is the manifest and the shards are ``NAME-TOKEN-00000.vqsl``, ... beside it
-    (``TOKEN``: 8 hex digits, new for each write).
-    """
-    src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
-    codec_id = codec or default_codec()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        get_codec_class(codec_id)  # an unknown codec is reported first
-        raise ConfigError("batch_size must be a positive integer")
-
-    if path is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "labels.vqsl")
-            if shard_rows is not None or shards is not None:
-                raise ConfigError("a sharded set needs a path")
-            encode(src, out, codec=codec_id, device=device, seed=seed, provenance=provenance, augment=augment,
-                   batch_size=batch_size, progress=progress, log=log, **codec_config)
-            with builtins.open(out, "rb") as f:
-                return f.read()
-
-    prov = {"created_by": f"slcodec {__version__}", "source": os.path.basename(src.path),
-            "source_shape": list(src.shape), "source_dtype": str(src.array.dtype),
-            "input_kind_reason": src.kind_reason}
-    prov.update(provenance or {})
-    rows = src.rows()
-    n = rows.shape[0]
-    if shards is not None:
-        if shard_rows is not None:
-            raise ConfigError("give shard_rows or shards, not both")
-        if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
-            raise ConfigError(f"shards must be a positive integer, got {shards!r}")
-        shard_rows = max(1, math.ceil(n / shards))
-    with Writer(path, codec_id, classes=src.classes, shape=src.shape[:-1], source_kind=src.kind, device=device,
-                seed=seed, augment=augment, provenance=prov, source_dtype=str(src.array.dtype),
-                chunk_rows=_stream_chunk_rows, shard_rows=shard_rows, progress=progress, log=log,
-                **codec_config) as writer, \
-            RowReader(rows) as reader:
-        if writer.needs_fit:
-            if writer.shape is not None and len(writer.shape) == 2 and \
-                    writer.codec.wants_image_means(writer.shape, src.classes):
-                writer.set_image_means(image_mean_log_probs(reader, writer.shape, src.kind,
-                                                            encode_block_rows(src.classes, batch_size)))
-            idx = reader.evenly_spaced_index(writer.fit_sample)
-            writer.fit(reader.take(idx), rows=idx)
-        step = encode_block_rows(src.classes, batch_size)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            writer.append(reader.read(start, stop))
-            if progress is not None:
-                progress(stop, n, "encode")
-    return path
-
-
-def resolve_device(device) -> str:
-    import torch
-    device = str(device or "cpu")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {device!r} (use auto, cpu or cuda)")
-    return device
 
 
 def open(path) -> "Reader":  # noqa: A001 - mirrors the built-in, as gzip.open does
@@ -154,7 +55,7 @@ class Reader:
         c = self.container
         if c.is_shard:
             raise FormatError(f"{self.path}: is a shard of a sharded set (its codec parameters are in the "
-                              "manifest): open the manifest", rule="external-params")
+                              "manifest): open the manifest", rule=rules.EXTERNAL_PARAMS)
         specs = self._setup_codec()
         self.streams = _check_streams(c, self.path, specs, self.count)
         self.decoded_kind = self.codec.decoded_kind(self.source_kind)
@@ -172,10 +73,10 @@ class Reader:
         self.temperatures = list(lab.get("temperatures", [1.0]))
         if self.shape[-1] != self.classes:
             raise FormatError(f"{self.path}: label shape {list(self.shape)} does not end in {self.classes} classes",
-                              rule="labels")
+                              rule=rules.LABELS)
         if math.prod(self.shape[:-1]) != lab["count"]:
             raise FormatError(f"{self.path}: label shape {list(self.shape)} does not hold {lab['count']} labels",
-                              rule="labels")
+                              rule=rules.LABELS)
         self.count = lab["count"]
         self.codec_id = h["codec"]["id"]
         try:
@@ -184,16 +85,16 @@ class Reader:
                 check_stored(self.codec_id, codec_cls.options, h["codec"]["config"])
             self.codec = codec_cls.from_config(h["codec"]["config"])
         except ConfigError as exc:
-            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule=rules.CODEC) from None
         except TypeError as exc:
-            raise FormatError(f"{self.path}: codec {self.codec_id!r}: bad config ({exc})", rule="codec") from None
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: bad config ({exc})", rule=rules.CODEC) from None
         params = {name[len("params/"):]: c.read_array(name) for name in c.sections if name.startswith("params/")}
         ctx = self._ctx("cpu")
         try:
             self.codec.set_params(params, ctx)
             specs = self.codec.stream_specs(self.classes)
         except ConfigError as exc:
-            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule="codec") from None
+            raise FormatError(f"{self.path}: codec {self.codec_id!r}: {exc}", rule=rules.CODEC) from None
         except FormatError as exc:
             raise FormatError(f"{self.path}: {exc}", rule=exc.rule) from None
         return specs
@@ -346,13 +247,13 @@ def _check_streams(c: Container, path: str, specs: dict, count: int) -> dict:
     present = {name[len("streams/"):] for name in c.sections if name.startswith("streams/")}
     if present != set(specs):
         raise FormatError(f"{path}: codec needs streams {sorted(specs)}, file has {sorted(present)}",
-                          rule="codec-streams")
+                          rule=rules.CODEC_STREAMS)
     streams = {}
     for name, (dtype, width) in specs.items():
         s = c.stream("streams/" + name)
         if s.dtype.name != dtype or s.width != width or s.rows != count:
             raise FormatError(f"{path}: stream {name!r} is {s.rows}x{s.width} {s.dtype.name}, "
-                              f"expected {count}x{width} {dtype}", rule="codec-streams")
+                              f"expected {count}x{width} {dtype}", rule=rules.CODEC_STREAMS)
         streams[name] = s
     return streams
 
@@ -483,4 +384,4 @@ def _convert(values, kind: str, as_: str, t: float, out=None, owned: bool = Fals
     return result.clamp_min_(-big) if as_ == "log_probs" else result
 
 
-__all__ = ["encode", "open", "Reader", "ShardedReader", "Writer", "SlcodecError"]
+__all__ = ["open", "Reader", "ShardedReader"]

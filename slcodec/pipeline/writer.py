@@ -15,14 +15,16 @@ the fit.  Codecs without parameters (``fp32``, ``fp16``, ``topk``) hold nothing:
 batch is encoded when appended.  ``fit_sample`` defaults to the codec's own ``fit_sample``
 option when it has one (vq: 100,000), else 100,000; it is capped so the float32 sample
 stays under 2 GiB.  :func:`slcodec.encode`, which has the whole input at hand, instead
-fits on ``fit_sample`` evenly spaced rows of the input (all rows when there are fewer).
+fits on ``fit_sample`` evenly spaced rows of the input (:func:`slcodec.pipeline.rows.fit_rows`).
 
 Memory.  Each stream's compressed chunks go to an anonymous temporary file in the output's
 folder (:class:`~slcodec.format.container.SpooledStreamBuilder`); only the chunk index stays in
 memory.  So memory is bounded by the batch being encoded, the fit sample and one chunk per
 stream, whatever the number of labels.  Disk: the spool files, then the container, which
-:meth:`Writer.close` writes (as :class:`~slcodec.format.container.ContainerWriter` does: temporary
-file, fsync, verification, atomic rename) - about twice the output size at the peak.
+:meth:`Writer.close` hands to its output (:mod:`slcodec.pipeline.output`: one file, a sharded
+set, or one shard of a set a team of processes writes), written as
+:class:`~slcodec.format.container.ContainerWriter` does (temporary file, fsync, verification,
+atomic rename) - about twice the output size at the peak.
 
 Failure.  :meth:`Writer.abort` (called by the context manager on an exception, and by
 ``append``/``close`` when they fail after validation) removes every temporary file; an
@@ -31,23 +33,23 @@ existing file at ``path`` is untouched until ``close`` succeeds.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import time
 
 import numpy as np
 
+from .._checks import check_int
 from .._version import __version__
 from ..codecs.base import SOURCE_KINDS, Codec, Context, get_codec_class
-from ..format.container import DEFAULT_CHUNK_ROWS, ContainerWriter, SpooledStreamBuilder
 from ..errors import ConfigError, InputError
+from ..format.container import DEFAULT_CHUNK_ROWS, SpooledStreamBuilder
+from .device import default_codec, resolve_device
+from .output import Encoded, FileOutput, ShardedOutput, TeamOutput
 
 #: default number of rows a fitting codec is fitted on (when the codec has no fit_sample option)
 DEFAULT_FIT_SAMPLE = 100_000
 #: the float32 fit sample is kept under this many bytes
 FIT_ROWS_MAX_BYTES = 1 << 31
-#: slcodec.encode reads and encodes its input in blocks of at most this many float32 bytes
-ENCODE_BLOCK_BYTES = 32 << 20
 RESERVED_SECTIONS = ("augment", "provenance")
 
 
@@ -60,38 +62,6 @@ def stream_chunk_rows(dtype: str, width: int) -> int:
     return max(16, 1 << int(math.log2(max(1, (1 << 20) // row_bytes))))
 
 
-def encode_block_rows(classes: int, batch_size: int) -> int:
-    """Rows slcodec.encode hands to the writer at a time: ``batch_size``, capped to a power of
-    two that keeps one float32 block under ENCODE_BLOCK_BYTES."""
-    cap = max(1, ENCODE_BLOCK_BYTES // (4 * classes))
-    return max(1, min(batch_size, 1 << int(math.log2(cap))))
-
-
-def image_log_prob_sums(reader, shape, source_kind: str, block_rows: int = 16384, start: int = 0,
-                        stop: int | None = None):
-    """Per-image sums ``[images, C]`` (float64 torch) of the log-probabilities of rows
-    ``[start, stop)`` of ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]``
-    rows); ranks of a distributed encode add theirs up."""
-    import torch
-    images, augs = int(shape[0]), int(shape[1])
-    stop = reader.n if stop is None else stop
-    acc = torch.zeros((images, reader.classes), dtype=torch.float64)
-    for lo in range(start, stop, block_rows):
-        hi = min(stop, lo + block_rows)
-        x = torch.from_numpy(reader.read(lo, hi)).double()
-        if source_kind == "probs":
-            x = torch.log(torch.clamp(x, min=1e-30))
-        acc.index_add_(0, torch.arange(lo, hi) // augs, torch.log_softmax(x, dim=1))
-    return acc
-
-
-def image_mean_log_probs(reader, shape, source_kind: str, block_rows: int = 16384) -> np.ndarray:
-    """Each image's mean log-probabilities ``[images, C]`` (float32) over all its labels, read
-    from ``reader`` (a :class:`RowReader` over ``[images * augmentations, C]`` rows) in blocks:
-    one extra pass over the input, for codecs that condition on the image (``vq`` image_bias)."""
-    return (image_log_prob_sums(reader, shape, source_kind, block_rows) / int(shape[1])).float().numpy()
-
-
 class Writer:
     """Write a ``.vqsl`` file batch by batch (see the module documentation).
 
@@ -101,15 +71,16 @@ class Writer:
     stored in the ``augment`` and ``provenance`` sections (``provenance`` gets a
     ``created_by`` entry).  Codec options are keyword arguments, as for :func:`slcodec.encode`.
     ``chunk_rows``: a function ``(dtype, width) -> rows per chunk`` (default
-    :func:`stream_chunk_rows`).
+    :func:`stream_chunk_rows`).  ``shard_rows``: write a sharded set (format 1.1) of that many
+    labels a shard.  ``team``: this writer is member ``team.rank`` of a
+    :class:`~slcodec.pipeline.team.Team` that writes the set of ``shape`` together: it is given
+    the labels ``team.row_range(N)`` (global indices) and writes them as shard ``team.rank``.
     """
 
     def __init__(self, path, codec: str | None = None, *, classes: int, shape=None, source_kind: str = "logits",
                  device: str = "cpu", seed: int = 0, fit_sample: int | None = None, augment: dict | None = None,
                  provenance: dict | None = None, source_dtype: str | None = None, chunk_rows=None,
-                 shard_rows: int | None = None, progress=None, log=None, **codec_config):
-        from .reader import default_codec, resolve_device
-
+                 shard_rows: int | None = None, team=None, progress=None, log=None, **codec_config):
         self.path = os.fspath(path)
         self._state = "new"
         self._builders: dict = {}
@@ -123,9 +94,7 @@ class Writer:
         self.folder = folder
         from ..format.shards import remove_stale_set_temps
         remove_stale_set_temps(self.path)  # what writers of this output that were killed left behind
-        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
-            raise ConfigError(f"classes must be an integer >= 2, got {classes!r}")
-        self.classes = int(classes)
+        self.classes = check_int(classes, "classes", lo=2)
         if source_kind not in SOURCE_KINDS:
             raise ConfigError(f"source_kind must be one of {', '.join(SOURCE_KINDS)}, got {source_kind!r}")
         self.source_kind = source_kind
@@ -138,10 +107,9 @@ class Writer:
         cls = get_codec_class(self.codec_id)
         own = {o.name for o in cls.options}
         if fit_sample is not None:
-            if isinstance(fit_sample, bool) or not isinstance(fit_sample, (int, np.integer)) or fit_sample < 1:
-                raise ConfigError(f"fit_sample must be a positive integer, got {fit_sample!r}")
+            fit_sample = check_int(fit_sample, "fit_sample")
             if "fit_sample" in own:
-                codec_config["fit_sample"] = int(fit_sample)
+                codec_config["fit_sample"] = fit_sample
         self.codec = cls(**codec_config)
         if fit_sample is None:
             fit_sample = self.codec.config["fit_sample"] if "fit_sample" in own else DEFAULT_FIT_SAMPLE
@@ -155,18 +123,24 @@ class Writer:
         self.provenance = provenance
         self.source_dtype = source_dtype
         self._chunk_rows = chunk_rows or stream_chunk_rows
-        if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer))
-                                       or shard_rows < 1):
-            raise ConfigError(f"shard_rows must be a positive integer, got {shard_rows!r}")
         #: labels per shard of a sharded set (format 1.1), or None for one file
-        self.shard_rows = None if shard_rows is None else int(shard_rows)
-        self._set = None
-        self._entries: list = []
+        self.shard_rows = None if shard_rows is None else check_int(shard_rows, "shard_rows")
+        #: global index of this writer's first label, and the number of labels it is to be given
+        #: (None: as many as appended, or the declared shape's)
+        self.first_row, self.expected = 0, (None if shape is None else math.prod(shape))
+        if team is not None:
+            if shape is None or self.shard_rows is not None:
+                raise ConfigError("a team member's writer needs the set's shape and writes one shard (no shard_rows)")
+            start, stop = team.row_range(math.prod(shape))
+            self.first_row, self.expected = start, stop - start
+            self._output = TeamOutput(self.path, team)
+        elif self.shard_rows is not None:
+            self._output = ShardedOutput(self.path, self.shard_rows)
+        else:
+            self._output = FileOutput(self.path)
         self._shard_start = 0
         self._held_rows = 0
         self.count = 0
-        #: global index of this writer's first label (a rank of a distributed encode writes a range)
-        self._row_offset = 0
         self._specs = None
         self._t_fit = 0.0
         self._t_encode = 0.0
@@ -214,11 +188,8 @@ class Writer:
         t = t.reshape(-1, self.classes)
         if t.shape[0] and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t).all(dim=1)).nonzero()[0, 0])
-            raise InputError(f"label row {self.count + self._unencoded_rows() + bad} holds NaN or Inf")
+            raise InputError(f"label row {self.first_row + self.count + self._held_rows + bad} holds NaN or Inf")
         return t
-
-    def _unencoded_rows(self):
-        return self._held_rows
 
     def append(self, labels) -> None:
         """Add labels ``[n, C]`` (or ``[..., C]``): numpy or torch, logits or probabilities as
@@ -229,8 +200,10 @@ class Writer:
         n = block.shape[0]
         if n == 0:
             return
-        if self.shape is not None and self.count + self._held_rows + n > math.prod(self.shape):
-            raise ConfigError(f"more labels appended than the declared shape {self.shape} holds")
+        if self.expected is not None and self.count + self._held_rows + n > self.expected:
+            raise ConfigError(f"more labels appended than the declared shape {self.shape} holds"
+                              if self.first_row == 0 and self.expected == math.prod(self.shape) else
+                              f"more labels appended than the {self.expected} of this writer's part of the set")
         if self.source_dtype is None:
             self.source_dtype = str(block.dtype).replace("torch.", "")
         try:
@@ -248,14 +221,20 @@ class Writer:
             self.abort()
             raise
 
-    def set_image_means(self, means) -> None:
-        """Give the codec each image's mean log-probabilities ``[images, C]`` over all its labels,
-        before fitting (``vq`` with ``image_bias``; :func:`image_mean_log_probs` computes them).
-        :func:`slcodec.encode` does this itself when the codec asks for it."""
+    def set_fit_statistic(self, name: str, value) -> None:
+        """Give the codec a statistic of the whole input that it asked for
+        (``writer.codec.fit_statistics(shape, classes)``; :mod:`slcodec.pipeline.statistics`
+        computes them), before fitting.  :func:`slcodec.encode` does this itself."""
         self._check_open()
         if self.fitted:
-            raise ValueError("set_image_means must come before the fit")
-        self.codec.set_image_means(means)
+            raise ValueError(f"set_fit_statistic({name!r}) must come before the fit")
+        self.codec.set_fit_statistic(name, value)
+
+    def set_image_means(self, means) -> None:
+        """Give the codec each image's mean log-probabilities ``[images, C]`` over all its labels,
+        before fitting (``vq`` with ``image_bias``, ``imgprior``;
+        :func:`slcodec.pipeline.statistics.image_mean_log_probs` computes them)."""
+        self.set_fit_statistic("image_mean_log_probs", means)
 
     def fit(self, sample, rows=None) -> None:
         """Fit the codec on ``sample`` ``[n, C]`` now, instead of on the first appended rows.
@@ -287,7 +266,7 @@ class Writer:
         held = torch.cat(self._held) if len(self._held) > 1 else self._held[0]
         self._held = [held]
         n = min(self.fit_sample, held.shape[0])
-        self._fit(held[:n], self._row_offset + np.arange(n, dtype=np.int64))   # held rows come first
+        self._fit(held[:n], self.first_row + np.arange(n, dtype=np.int64))   # held rows come first
         self._flush_held()
 
     def _flush_held(self):
@@ -314,32 +293,24 @@ class Writer:
                           for name, (dtype, width) in self._specs.items()}
 
     def _encode(self, block):
-        if self.shard_rows is None:
-            return self._encode_part(block)
+        """Encode ``block``, sealing the streams whenever the output says they are full (a shard)."""
         while block.shape[0]:
-            room = self.shard_rows - (self.count - self._shard_start)
-            self._encode_part(block[:room])
-            block = block[room:]
-            if self.count - self._shard_start == self.shard_rows:
-                self._seal_shard()
-
-    def _seal_shard(self):
-        """Write the labels encoded since the last shard as a shard file (temporary until close)."""
-        from ..format.shards import ShardSetWriter
-        if self._set is None:
-            self._set = ShardSetWriter(self.path, self._header(), self._checked_params(),
-                                       minor=self.codec.format_minor())
-        n = self.count - self._shard_start
-        self._entries.append(self._set.write_shard(len(self._entries), self._shard_start, n, self._builders))
-        for b in self._builders.values():
-            b.close()
-        self._shard_start = self.count
-        self._new_builders()
+            room = self._output.room(self.count - self._shard_start)
+            part = block[:room] if room < block.shape[0] else block
+            self._encode_part(part)
+            block = block[part.shape[0]:]
+            if self._output.room(self.count - self._shard_start) == 0:
+                self._output.seal(self._encoded(), self.first_row + self._shard_start,
+                                  self.count - self._shard_start)
+                for b in self._builders.values():
+                    b.close()
+                self._shard_start = self.count
+                self._new_builders()
 
     def _encode_part(self, block):
         import torch
         t0 = time.perf_counter()
-        first = self._row_offset + self.count
+        first = self.first_row + self.count
         self.ctx.rows = np.arange(first, first + block.shape[0], dtype=np.int64)
         try:
             streams = self.codec.encode(block.to(self.device, torch.float32), self.ctx)
@@ -384,7 +355,7 @@ class Writer:
 
     # -- finishing ---------------------------------------------------------------
     def close(self) -> str:
-        """Fit (if the sample never filled), encode what is held, and write the file atomically."""
+        """Fit (if the sample never filled), encode what is held, and write the output atomically."""
         if self._state == "closed":
             return self.path
         self._check_open()
@@ -393,16 +364,34 @@ class Writer:
                 if not self._held_rows:
                     raise ConfigError(f"{self.path}: no labels were appended")
                 self._fit_held()
-            if self.shape is not None and self.count != math.prod(self.shape):
+            if self.expected is not None and self.count != self.expected:
                 raise ConfigError(f"{self.path}: {self.count} labels appended, shape {self.shape} "
-                                  f"needs {math.prod(self.shape)}")
-            self._write()
+                                  f"needs {self.expected}")
+            self._output.finish(self._encoded(), self.first_row + self._shard_start,
+                                 self.count - self._shard_start)
         except BaseException:
             self.abort()
             raise
         self._release()
         self._state = "closed"
         return self.path
+
+    def _encoded(self) -> Encoded:
+        """The header, parameters, sections and the streams since the last seal, for the output."""
+        params = self.codec.get_params()
+        problem = None
+        for name, arr in params.items():   # a fit gone wrong must not write a file no reader opens
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                problem = (f"{self.path}: codec {self.codec_id!r} produced non-finite parameter {name!r} "
+                           "(labels with extreme values?); nothing was written")
+                break
+        prov = {"created_by": f"slcodec {__version__}"}
+        prov.update(self.provenance or {})
+        return Encoded(header=self._header(), params=params,
+                       sections=[("augment", "msgpack", self.augment or {"mode": "none"}),
+                                 ("provenance", "msgpack", prov)],
+                       extra=[(name, kind, obj) for name, (kind, obj) in self._extra.items()],
+                       streams=self._builders, format_minor=self.codec.format_minor(), params_problem=problem)
 
     def _header(self) -> dict:
         """The header of the set (without sections)."""
@@ -412,60 +401,13 @@ class Writer:
         info.update({"fit_seconds": round(self._t_fit, 3), "encode_seconds": round(self._t_encode, 3),
                      "device": self.device})
         temps = codec.config.get("temperature", [1.0])
-        header = {
-            "labels": {"count": self.count, "shape": [*lead, self.classes], "classes": self.classes,
+        return {
+            "labels": {"count": math.prod(lead), "shape": [*lead, self.classes], "classes": self.classes,
                        "source_kind": self.source_kind, "source_dtype": str(self.source_dtype),
                        "temperatures": [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]},
             "codec": {"id": self.codec_id, "config": codec.get_config(), "info": info},
             "created_by": f"slcodec {__version__}",
         }
-        return header
-
-    def _sections(self) -> list:
-        """The augment, provenance and extra sections, as (name, kind, value)."""
-        prov = {"created_by": f"slcodec {__version__}"}
-        prov.update(self.provenance or {})
-        out = [("augment", "msgpack", self.augment or {"mode": "none"}), ("provenance", "msgpack", prov)]
-        for name, (kind, obj) in self._extra.items():
-            out.append((name, kind, obj))
-        return out
-
-    def _write_sharded(self):
-        if self.count > self._shard_start:
-            self._seal_shard()
-        self._set.header = self._header()
-        self._set.write_manifest(self._entries, self._sections())
-        self._set.publish()
-
-    def _checked_params(self) -> dict:
-        params = self.codec.get_params()
-        for name, arr in params.items():   # a fit gone wrong must not write a file no reader opens
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise ConfigError(f"{self.path}: codec {self.codec_id!r} produced non-finite parameter "
-                                  f"{name!r} (labels with extreme values?); nothing was written")
-        return params
-
-    def _write(self):
-        if self.shard_rows is not None:
-            return self._write_sharded()
-        codec = self.codec
-        header = self._header()
-        prov = {"created_by": f"slcodec {__version__}"}
-        prov.update(self.provenance or {})
-        params = self._checked_params()
-        with ContainerWriter(self.path) as writer:
-            for name, arr in params.items():
-                writer.add_array("params/" + name, arr)
-            writer.add_msgpack("augment", self.augment or {"mode": "none"})
-            writer.add_msgpack("provenance", prov)
-            for name, builder in self._builders.items():
-                writer.add_stream("streams/" + name, builder)
-            for name, (kind, obj) in self._extra.items():
-                if kind == "stream":
-                    writer.add_stream(name, obj)
-                else:
-                    writer.add_msgpack(name, obj)
-            writer.commit(header, minor=codec.format_minor())
 
     def abort(self) -> None:
         """Drop everything written so far; an existing file at ``path`` is left as it was."""
@@ -475,8 +417,7 @@ class Writer:
         self._state = "aborted"
 
     def _release(self):
-        if self._set is not None:
-            self._set.abort()  # removes the temporary files of a set that was not published
+        self._output.abort()  # removes what the output wrote and did not publish
         for b in self._builders.values():
             b.close()
         for kind, obj in self._extra.values():
@@ -486,106 +427,4 @@ class Writer:
         self._held_rows = 0
 
 
-# --------------------------------------------------------------------------- reading inputs
-class RowReader:
-    """Reads row blocks of a 2-D label array without keeping them resident.
-
-    For a memory-mapped ``.npy`` (or a contiguous ``.h5`` dataset, which slcodec maps the
-    same way) blocks are read with plain file reads into fresh buffers, so the pages of the
-    mapping are never touched and the process's resident memory stays at one block however
-    large the file; any other array is indexed as it is.
-    """
-
-    def __init__(self, rows: np.ndarray):
-        self.rows = rows
-        self.n, self.classes = rows.shape
-        self.dtype = rows.dtype
-        self._row_bytes = self.classes * rows.dtype.itemsize
-        self._f = None
-        self._offset = None
-        try:
-            self._open_file()
-        except (OSError, ValueError, TypeError, AttributeError):
-            self.close()
-
-    def _open_file(self):
-        rows = self.rows
-        mm = getattr(rows, "_mmap", None)
-        name = getattr(rows, "filename", None)
-        if not isinstance(rows, np.memmap) or mm is None or not name or not rows.flags.c_contiguous or self.n == 0:
-            return
-        if getattr(rows, "mode", None) == "c":  # copy-on-write: changes made in memory are not in the file
-            return
-        base = np.frombuffer(mm, dtype=np.uint8)
-        rel = rows.ctypes.data - base.ctypes.data
-        del base
-        map_start = rows.offset - rows.offset % mmap.ALLOCATIONGRANULARITY
-        offset = map_start + rel
-        f = open(name, "rb", buffering=0)
-        self._f, self._offset = f, offset
-        # one row read both ways must agree, else fall back to indexing the map
-        if not np.array_equal(self._pread(0, 1), np.asarray(rows[:1]), equal_nan=True):
-            self.close()
-
-    @property
-    def uses_file_reads(self) -> bool:
-        return self._f is not None
-
-    def _pread(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, self.classes), dtype=self.dtype)
-        view = memoryview(out).cast("B")
-        self._f.seek(self._offset + start * self._row_bytes)
-        got = 0
-        while got < len(view):
-            k = self._f.readinto(view[got:])
-            if not k:
-                raise InputError(f"{self._f.name}: file ended early (truncated while reading?)")
-            got += k
-        return out
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as an array that owns its memory."""
-        if self._f is not None:
-            return self._pread(start, stop)
-        return np.array(self.rows[start:stop])
-
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """Rows at sorted ``index``."""
-        index = np.asarray(index, dtype=np.int64)
-        if self._f is None:
-            return np.array(self.rows[index])
-        out = np.empty((index.size, self.classes), dtype=self.dtype)
-        # consecutive runs are read at once
-        breaks = np.nonzero(np.diff(index) != 1)[0] + 1
-        pos = 0
-        for run in np.split(index, breaks):
-            if run.size:
-                out[pos:pos + run.size] = self._pread(int(run[0]), int(run[-1]) + 1)
-                pos += run.size
-        return out
-
-    def evenly_spaced_index(self, k: int) -> np.ndarray:
-        """Indices of :meth:`evenly_spaced` (all rows when there are fewer than ``k``)."""
-        if self.n <= k:
-            return np.arange(self.n, dtype=np.int64)
-        return np.unique(np.linspace(0, self.n - 1, k).round().astype(np.int64))
-
-    def evenly_spaced(self, k: int) -> np.ndarray:
-        """``k`` evenly spaced rows (first and last included), or all rows when there are fewer."""
-        if self.n <= k:
-            return self.read(0, self.n)
-        return self.take(np.unique(np.linspace(0, self.n - 1, k).round().astype(np.int64)))
-
-    def close(self):
-        if self._f is not None:
-            self._f.close()
-        self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-__all__ = ["Writer", "RowReader", "stream_chunk_rows", "DEFAULT_FIT_SAMPLE"]
+__all__ = ["Writer", "stream_chunk_rows", "DEFAULT_FIT_SAMPLE"]
