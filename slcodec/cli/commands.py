@@ -131,17 +131,48 @@ def cmd_encode(args):
     _check_output(args.output)
     if args.shards is not None and args.shard_rows is not None:
         raise UsageError("encode: give --shards or --shard-rows, not both")
+    # no --codec and no codec option: the codec and its size are chosen for the set (issue 15)
+    choosing = args.codec is None and not any(v is not None for k, v in vars(args).items()
+                                              if k.startswith("codec_opt_"))
+    explicit_target = bool(args.max_kl) or args.max_bits is not None
+    if not choosing and (explicit_target or args.allow_top1_loss or args.best_effort):
+        raise UsageError("encode: --max-kl, --max-bits, --allow-top1-loss and --best-effort choose the codec; "
+                         "they do not go with --codec or codec options")
+    from ..pipeline import choose as ch
+    for text in args.max_kl:
+        ch.parse_max_kl(text)   # before reading a possibly large input
     codec_id = args.codec or default_codec()
-    config = _chosen_codec_options(args, codec_id)
+    config = {} if choosing else _chosen_codec_options(args, codec_id)
     # Check the codec options and the device before reading a possibly large input.
     from ..codecs.base import get_codec_class
-    get_codec_class(codec_id)(**config)
-    resolve_device(args.device)
+    codec = get_codec_class(codec_id)(**config)
+    if not choosing and resolve_device(args.device) == "cpu" and not args.quiet:
+        import torch
+        note = busy_machine_note(codec.config.get("fit_threads"), torch.get_num_threads(), _load_average(),
+                                 os.cpu_count() or 1)
+        if note:
+            print(note, file=sys.stderr)
     src = load_labels(args.input, args.input_kind)
     if not args.quiet:
         print(f"input: {src.path} {list(src.shape)} {src.array.dtype}, read as {src.kind.upper()} "
               f"({src.kind_reason}; --input-kind to override)", file=sys.stderr)
     t0 = time.perf_counter()
+    target, budget = ch.resolve_target(args.max_kl, args.max_bits, src.classes)
+    # --max-bits alone: the best fidelity within it; the written file must meet what was asked
+    objective = "fidelity" if args.max_bits is not None and not args.max_kl else "bits"
+    required = target if objective == "bits" else ()
+    choice, output = None, args.output
+    if choosing:
+        choice = ch.choose(src, target, budget, allow_top1_loss=args.allow_top1_loss, seed=args.seed,
+                           device=resolve_device(args.device), objective=objective,
+                           progress=_progress_printer(args.quiet))
+        codec_id, config = choice.codec, choice.config
+        if explicit_target and not choice.met and not args.best_effort:
+            raise UsageError(f"{args.input}: {ch.unmet_text(choice)}; --best-effort writes it")
+        if explicit_target and not args.best_effort and not args.distributed and args.shards is None \
+                and args.shard_rows is None:   # replaced only once its measured fidelity meets the target
+            output = os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                                  f".{os.path.basename(args.output)}.{os.getpid()}.choose.vqsl")
     if args.distributed:
         from .. import distributed
         distributed.encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
@@ -149,10 +180,29 @@ def cmd_encode(args):
         if not distributed.is_rank_zero():
             return EXIT_OK
     else:
-        encode(src, args.output, codec=codec_id, device=args.device, seed=args.seed,
+        encode(src, output, codec=codec_id, device=args.device, seed=args.seed,
                provenance={"teacher": args.teacher} if args.teacher else None,
                shard_rows=args.shard_rows, shards=args.shards, progress=_progress_printer(args.quiet), **config)
+    fid = None
+    if not args.quiet or args.json or output != args.output:
+        try:
+            fid = ch.written_fidelity(output, src, [t for _, t in target], seed=args.seed)
+            missed = ch.written_misses(fid, _stats(output)["bits_per_label"], required, budget,
+                                       args.allow_top1_loss)
+        except BaseException:
+            if output != args.output:
+                os.remove(output)
+            raise
+        if output != args.output:
+            if missed:
+                os.remove(output)
+                raise UsageError(f"{args.input}: the written labels miss the target ({'; '.join(missed)}); "
+                                 f"no file written; --best-effort writes it")
+            os.replace(output, args.output)
     elapsed = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(ch.encode_summary(args.output, _stats(args.output), fid, choice, required, budget,
+                                           args.allow_top1_loss, elapsed), indent=2, sort_keys=True))
     if not args.quiet:
         from ..format.stats import format_config, format_ratio
         s = _stats(args.output)
@@ -162,10 +212,29 @@ def cmd_encode(args):
               f"({s['marginal_bits_per_label']:.2f} in label streams), {than_fp16}, codec {codec_id}, "
               f"{elapsed:.1f} s", file=sys.stderr)
         print(f"codec {codec_id} as written: {format_config(s['codec_resolved_config'])}", file=sys.stderr)
-        hint = _small_set_hint(codec_id, config, s)
+        hint = None if choosing else _small_set_hint(codec_id, config, s)
         if hint:
             print(hint, file=sys.stderr)
+        print(ch.fidelity_line(fid, ch.choice_text(choice, codec_id, s, required, budget, args.allow_top1_loss, fid)),
+              file=sys.stderr)
     return EXIT_OK
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):   # not every platform has one
+        return None
+
+
+def busy_machine_note(fit_threads, threads: int, load: float | None, cores: int) -> str | None:
+    """A one-line note when a fit left to torch's thread count (``fit_threads`` 0) will run
+    ``threads`` > 1 threads while the ``cores`` are already busy: there a second thread made a
+    fit 17x slower (BENCHMARKS.md section 10).  None for codecs without ``fit_threads``."""
+    if fit_threads != 0 or threads < 2 or load is None or load < cores:
+        return None
+    return (f"note: this machine is busy (load average {load:.1f} on {cores} cores): a fit on {threads} threads "
+            f"can then take many times longer than on one; --fit-threads 1 (BENCHMARKS.md section 10)")
 
 
 def _small_set_hint(codec_id: str, config: dict, s: dict) -> str | None:
@@ -501,6 +570,18 @@ def build_parser(codec_options: bool = True):
     e.add_argument("--distributed", action="store_true",
                    help="under torchrun: every rank fits the same codec and encodes its own range into its "
                         "shard; rank 0 writes the manifest OUTPUT")
+    e.add_argument("--max-kl", action="append", default=[], metavar="VALUE@T",
+                   help="target: mean KL(p||q) at temperature T at most VALUE (repeatable); without --codec and "
+                        "codec options the codec and its size are chosen for the set (default target: "
+                        "--max-kl 0.1@1 --max-kl 0.01@4 within 2%% of FP16 size; an explicit target that cannot be "
+                        "met is an error)")
+    e.add_argument("--max-bits", type=float, default=None, metavar="B",
+                   help="budget: bits per label of the whole file, all counted (default: 0.02 * 16 * C)")
+    e.add_argument("--allow-top1-loss", action="store_true",
+                   help="the chosen codec may change a label's top-1 class (default: top-1 stays 100%%)")
+    e.add_argument("--best-effort", action="store_true",
+                   help="write the best fidelity reached when an explicit --max-kl cannot be met")
+    e.add_argument("--json", action="store_true", help="print the summary (bits, fidelity, choice) as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     if codec_options:
         _add_codec_options(e)
