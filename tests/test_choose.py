@@ -127,3 +127,18 @@ def test_choose_predicts_the_written_bits(tmp_path):
     slcodec.encode(src, out, codec=choice.codec, **choice.config)
     bits = os.path.getsize(out) * 8 / 512
     assert choice.trial.bits_per_label == pytest.approx(bits, rel=0.1)
+
+
+def test_python_api_max_kl_and_max_bits(tmp_path):
+    x = np.load(FIXTURE)
+    out = tmp_path / "api.vqsl"
+    slcodec.encode(x, out, max_kl="0.5@1")
+    kl, top1, _ = recomputed(out, 1.0)
+    assert kl <= 0.5 and top1 == 1.0
+    slcodec.encode(x, out, max_bits=100)
+    assert recomputed(out, 1.0)[2] <= 100
+    with pytest.raises(slcodec.ConfigError, match="best fidelity reached"):
+        slcodec.encode(x, tmp_path / "no.vqsl", max_kl=(0.001, 1.0))
+    assert not (tmp_path / "no.vqsl").exists()
+    with pytest.raises(slcodec.ConfigError, match="without codec"):
+        slcodec.encode(x, tmp_path / "no.vqsl", codec="topk", max_kl=0.5)

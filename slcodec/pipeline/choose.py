@@ -414,5 +414,29 @@ def encode_summary(path, stats: dict, fid: dict | None, choice: Choice | None, t
     return out
 
 
-__all__ = ["choose", "candidates", "parse_max_kl", "default_budget", "written_fidelity", "fidelity_line",
+def choose_codec(src, max_kl=None, max_bits=None, *, allow_top1_loss: bool = False, best_effort: bool = False,
+                 seed: int = 0, device: str = "cpu", log=None) -> Choice:
+    """:func:`choose` for :func:`slcodec.encode`: ``max_kl`` a "VALUE@T" text, a (VALUE, T) pair, a
+    number (T = 1) or a list of them; ``max_bits`` the budget.  An explicit ``max_kl`` (or a
+    budget nothing fits in) that no candidate is predicted to meet raises ConfigError naming the
+    best fidelity reached, unless ``best_effort``."""
+    if max_kl is None:
+        texts = []
+    elif isinstance(max_kl, (str, int, float)) or (isinstance(max_kl, tuple) and len(max_kl) == 2
+                                                    and not isinstance(max_kl[0], (tuple, list, str))):
+        texts = [max_kl]
+    else:
+        texts = list(max_kl)
+    texts = [t if isinstance(t, str) else (f"{t[0]}@{t[1]}" if isinstance(t, (tuple, list)) else f"{t}@1")
+             for t in texts]
+    target, budget = resolve_target(texts, max_bits, src.classes)
+    objective = "fidelity" if max_bits is not None and not texts else "bits"
+    choice = choose(src, target, budget, allow_top1_loss=allow_top1_loss, seed=seed, device=device,
+                    objective=objective, log=log)
+    if (texts or max_bits is not None) and not choice.met and not best_effort:
+        raise ConfigError(unmet_text(choice) + "; best_effort=True writes it")
+    return choice
+
+
+__all__ = ["choose", "choose_codec", "candidates", "parse_max_kl", "default_budget", "written_fidelity", "fidelity_line",
            "Choice", "Trial", "DEFAULT_TARGET"]

@@ -53,7 +53,8 @@ def source_provenance(src: LabelSource, team: Team | None = None, provenance: di
 def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "auto", device: str = "cpu",
            seed: int = 0, provenance: dict | None = None, augment: dict | None = None,
            batch_size: int = 65536, shard_rows: int | None = None, shards: int | None = None,
-           progress=None, log=None, **codec_config):
+           progress=None, log=None, max_kl=None, max_bits: float | None = None, allow_top1_loss: bool = False,
+           best_effort: bool = False, **codec_config):
     """Fit ``codec`` on ``labels`` and write a container.
 
     ``labels``: a :class:`~slcodec.pipeline.inputs.LabelSource`, a numpy array or a torch tensor of
@@ -71,8 +72,19 @@ def encode(labels, path=None, *, codec: str | None = None, input_kind: str = "au
     ``shard_rows`` (or ``shards``, a number of shards of equal size): write a sharded set
     (format 1.1): ``path`` is the manifest and the shards are ``NAME-TOKEN-00000.vqsl``, ... beside it
     (``TOKEN``: 8 hex digits, new for each write).
+
+    ``max_kl`` (``"0.1@1"``, ``(0.1, 1.0)`` or a list of them) and/or ``max_bits``, without
+    ``codec`` and codec options: the codec and its size are chosen for the set
+    (:func:`slcodec.pipeline.choose.choose_codec`; ``allow_top1_loss``, ``best_effort`` as there).
     """
     src = labels if isinstance(labels, LabelSource) else as_source(labels, input_kind=input_kind)
+    if max_kl is not None or max_bits is not None:
+        if codec is not None or codec_config:
+            raise ConfigError("max_kl / max_bits choose the codec: give them without codec and codec options")
+        from .choose import choose_codec
+        choice = choose_codec(src, max_kl, max_bits, allow_top1_loss=allow_top1_loss, best_effort=best_effort,
+                              seed=seed, device=device, log=log)
+        codec, codec_config = choice.codec, choice.config
     codec_id = codec or default_codec()
     if path is None:
         if shard_rows is not None or shards is not None:
