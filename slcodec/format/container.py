@@ -29,6 +29,7 @@ import numpy as np
 import zstandard
 
 from . import schema
+from . import rules
 from .atomic import AtomicFile
 from ..errors import FormatError, ResourceError
 
@@ -97,22 +98,22 @@ def _unpack_msgpack(data: bytes, what: str, limit: int):
         raise  # resource exhaustion is not damage: never reported as an invalid file
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise FormatError(f"{what} is not valid msgpack ({type(exc).__name__}: {exc})",
-                          rule="header-syntax") from None
+                          rule=rules.HEADER_SYNTAX) from None
 
 
 def _str_keyed_map(pairs):
     keys = [k for k, _ in pairs]
     for k in keys:
         if not isinstance(k, str):
-            raise FormatError(f"a map key is {type(k).__name__} ({k!r:.40}), not a string", rule="header-syntax")
+            raise FormatError(f"a map key is {type(k).__name__} ({k!r:.40}), not a string", rule=rules.HEADER_SYNTAX)
     if len(set(keys)) != len(keys):
         dup = next(k for i, k in enumerate(keys) if k in keys[:i])
-        raise FormatError(f"map key {dup!r:.60} appears twice", rule="header-syntax")
+        raise FormatError(f"map key {dup!r:.60} appears twice", rule=rules.HEADER_SYNTAX)
     return dict(pairs)
 
 
 def _no_ext(code, data):
-    raise FormatError(f"msgpack ext type {code} is not allowed", rule="header-syntax")
+    raise FormatError(f"msgpack ext type {code} is not allowed", rule=rules.HEADER_SYNTAX)
 
 
 # msgpack first bytes -> (bytes of the fixed part after the type byte, size of a length field that follows)
@@ -138,7 +139,7 @@ def _scan_msgpack(data) -> None:
             continue
         todo[-1] -= 1
         if pos >= n:
-            raise FormatError("msgpack value ends early", rule="header-syntax")
+            raise FormatError("msgpack value ends early", rule=rules.HEADER_SYNTAX)
         b = data[pos]
         pos += 1
         count = -1
@@ -164,21 +165,21 @@ def _scan_msgpack(data) -> None:
             count = 2 * int.from_bytes(data[pos:pos + w], "big")
             pos += w
         elif b == 0xc1:
-            raise FormatError("msgpack byte 0xc1 is never used", rule="header-syntax")
+            raise FormatError("msgpack byte 0xc1 is never used", rule=rules.HEADER_SYNTAX)
         else:                                           # 0xc7-0xc9, 0xd4-0xd8: ext types
-            raise FormatError(f"msgpack ext type (byte 0x{b:02x}) is not allowed", rule="header-syntax")
+            raise FormatError(f"msgpack ext type (byte 0x{b:02x}) is not allowed", rule=rules.HEADER_SYNTAX)
         items += 1
         if pos > n:
-            raise FormatError("msgpack value runs past its end", rule="header-syntax")
+            raise FormatError("msgpack value runs past its end", rule=rules.HEADER_SYNTAX)
         if count >= 0:
             if items + count > MAX_MSGPACK_ITEMS:
-                raise FormatError(f"more than {MAX_MSGPACK_ITEMS} msgpack values", rule="header-syntax")
+                raise FormatError(f"more than {MAX_MSGPACK_ITEMS} msgpack values", rule=rules.HEADER_SYNTAX)
             if len(todo) > MAX_MSGPACK_DEPTH:  # the open containers around this one, plus one
-                raise FormatError(f"msgpack nesting deeper than {MAX_MSGPACK_DEPTH} levels", rule="header-syntax")
+                raise FormatError(f"msgpack nesting deeper than {MAX_MSGPACK_DEPTH} levels", rule=rules.HEADER_SYNTAX)
             if count:
                 todo.append(count)
     if pos != n:
-        raise FormatError(f"{n - pos} trailing bytes after the msgpack value", rule="header-syntax")
+        raise FormatError(f"{n - pos} trailing bytes after the msgpack value", rule=rules.HEADER_SYNTAX)
 
 
 def _pack_msgpack(obj) -> bytes:
@@ -438,7 +439,7 @@ class ContainerWriter:
                 with Container.open(self.tmp_path) as c:
                     problems = c.verify()
                 if problems:
-                    raise FormatError(f"written file failed verification: {problems[0]}", rule="self-check")
+                    raise FormatError(f"written file failed verification: {problems[0]}", rule=rules.SELF_CHECK)
         except BaseException:
             self._out.abort()
             raise
@@ -494,7 +495,7 @@ class Container:
             size = os.fstat(f.fileno()).st_size
             if size < PREAMBLE.size:
                 raise FormatError(f"{path}: file is {size} bytes, shorter than the 64-byte preamble",
-                                  rule="truncated")
+                                  rule=rules.TRUNCATED)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
             f.close()
@@ -517,29 +518,29 @@ class Container:
 
         size = len(buf)
         if size < PREAMBLE.size:
-            bad(f"file is {size} bytes, shorter than the 64-byte preamble", "truncated")
+            bad(f"file is {size} bytes, shorter than the 64-byte preamble", rules.TRUNCATED)
         head = bytes(buf[:PREAMBLE.size])
         (magic, major, minor, req, opt, reserved, h_off, h_len, f_len, h_crc, reserved2, p_crc) = PREAMBLE.unpack(head)
         if magic != MAGIC:
-            bad("not a .vqsl file (bad magic number)", "magic")
+            bad("not a .vqsl file (bad magic number)", rules.MAGIC)
         if crc32(head[:60]) != p_crc:
-            bad("preamble checksum mismatch (damaged file)", "preamble-crc")
+            bad("preamble checksum mismatch (damaged file)", rules.PREAMBLE_CRC)
         if major != FORMAT_MAJOR:
-            bad(f"format version {major}.{minor} is not supported (this reader reads {FORMAT_MAJOR}.x)", "version")
+            bad(f"format version {major}.{minor} is not supported (this reader reads {FORMAT_MAJOR}.x)", rules.VERSION)
         if req & ~KNOWN_REQUIRED_FLAGS:
             bad(f"file requires unknown features (required flags 0x{req & ~KNOWN_REQUIRED_FLAGS:08x}); "
-                "a newer slcodec is needed", "required-flags")
+                "a newer slcodec is needed", rules.REQUIRED_FLAGS)
         if reserved != 0 or reserved2 != b"\0" * 8:
-            bad("reserved preamble bytes are not zero", "preamble-reserved")
+            bad("reserved preamble bytes are not zero", rules.PREAMBLE_RESERVED)
         if f_len != size:
-            bad(f"file is {size} bytes but its preamble says {f_len} (truncated or padded)", "truncated")
+            bad(f"file is {size} bytes but its preamble says {f_len} (truncated or padded)", rules.TRUNCATED)
         if h_len > MAX_HEADER_BYTES:
-            bad(f"header length {h_len} exceeds the {MAX_HEADER_BYTES}-byte limit", "header-bounds")
+            bad(f"header length {h_len} exceeds the {MAX_HEADER_BYTES}-byte limit", rules.HEADER_BOUNDS)
         if h_off < PREAMBLE.size or h_off % ALIGN or h_off + h_len != size:
-            bad(f"header at {h_off}+{h_len} is not a 64-byte aligned block ending the file", "header-bounds")
+            bad(f"header at {h_off}+{h_len} is not a 64-byte aligned block ending the file", rules.HEADER_BOUNDS)
         header_bytes = bytes(buf[h_off:h_off + h_len])
         if crc32(header_bytes) != h_crc:
-            bad("header checksum mismatch (damaged file)", "header-crc")
+            bad("header checksum mismatch (damaged file)", rules.HEADER_CRC)
         header = _unpack_msgpack(header_bytes, f"{path}: header", MAX_HEADER_BYTES)
         try:
             schema.validate(header)
@@ -578,10 +579,10 @@ class Container:
     def _section(self, name: str, kind: str) -> dict:
         sec = self.sections.get(name)
         if sec is None:
-            raise FormatError(f"{self.path}: missing section {name!r}", rule="missing-section")
+            raise FormatError(f"{self.path}: missing section {name!r}", rule=rules.MISSING_SECTION)
         if sec["kind"] != kind:
             raise FormatError(f"{self.path}: section {name!r} is a {sec['kind']}, expected {kind}",
-                              rule="section-content")
+                              rule=rules.SECTION_CONTENT)
         return sec
 
     def _payload(self, sec: dict, check: bool = True) -> memoryview:
@@ -589,7 +590,7 @@ class Container:
         if check and sec["name"] not in self._checked:
             if crc32(view) != sec["crc32"]:
                 raise FormatError(f"{self.path}: section {sec['name']!r} checksum mismatch (damaged file)",
-                                  rule="section-crc")
+                                  rule=rules.SECTION_CRC)
             self._checked.add(sec["name"])
         return view
 
@@ -601,7 +602,7 @@ class Container:
         sec = self._section(name, "msgpack")
         if sec["length"] > MAX_MSGPACK_SECTION_BYTES:
             raise FormatError(f"{self.path}: section {name!r} is larger than {MAX_MSGPACK_SECTION_BYTES} bytes",
-                              rule="section-content")
+                              rule=rules.SECTION_CONTENT)
         return _unpack_msgpack(bytes(self._payload(sec)), f"{self.path}: section {name!r}",
                                MAX_MSGPACK_SECTION_BYTES)
 
@@ -651,51 +652,54 @@ def _check_sections(header: dict, buf, header_offset: int, bad) -> None:
     for i, sec in enumerate(header["sections"]):
         name = sec["name"]
         if name in names:
-            bad(f"duplicate section name {name!r}", "section-layout")
+            bad(f"duplicate section name {name!r}", rules.SECTION_LAYOUT)
         names.add(name)
         off, length = sec["offset"], sec["length"]
         if off != expected:
             bad(f"section {name!r} starts at {off}, expected {expected} (sections must be sorted, "
-                "64-byte aligned and contiguous)", "section-layout")
+                "64-byte aligned and contiguous)", rules.SECTION_LAYOUT)
         end = off + length  # Python ints: no overflow; bounds checked next
         if end > header_offset:
-            bad(f"section {name!r} ({off}+{length}) runs past the header at {header_offset}", "section-layout")
+            bad(f"section {name!r} ({off}+{length}) runs past the header at {header_offset}", rules.SECTION_LAYOUT)
         expected = align_up(end)
         if expected > header_offset:
-            bad(f"section {name!r} padding runs past the header", "section-layout")
+            bad(f"section {name!r} padding runs past the header", rules.SECTION_LAYOUT)
         if any(buf[end:expected]):
-            bad(f"padding after section {name!r} is not zero", "section-layout")
+            bad(f"padding after section {name!r} is not zero", rules.SECTION_LAYOUT)
         _check_section_meta(sec, bad)
     if expected != header_offset:
         bad(f"{header_offset - expected} unaccounted bytes between the last section and the header",
-            "section-layout")
+            rules.SECTION_LAYOUT)
 
 
 def _check_sharding(header: dict, req: int, bad) -> None:
     """The format-1.1 rules that need only the header: a manifest holds no streams and a
-    ``shards`` msgpack section; a shard holds no params and names its parameters' hash."""
+    ``shards`` msgpack section; a shard holds no params and names its parameters' hash and its
+    place in the set."""
     names = [s["name"] for s in header["sections"]]
     if req & FLAG_MANIFEST:
         if req & FLAG_EXTERNAL_PARAMS:
-            bad("file is flagged both as a manifest and as a shard", "manifest")
+            bad("file is flagged both as a manifest and as a shard", rules.MANIFEST)
         if any(n.startswith("streams/") for n in names):
-            bad("a manifest holds streams/* sections (its labels live in its shards)", "manifest")
+            bad("a manifest holds streams/* sections (its labels live in its shards)", rules.MANIFEST)
         if not any(s["name"] == "shards" and s["kind"] == "msgpack" for s in header["sections"]):
-            bad("a manifest lacks its 'shards' msgpack section", "manifest")
+            bad("a manifest lacks its 'shards' msgpack section", rules.MANIFEST)
         if "params_sha256" not in header["codec"]:
-            bad("a manifest's codec map lacks 'params_sha256'", "manifest")
+            bad("a manifest's codec map lacks 'params_sha256'", rules.MANIFEST)
     elif req & FLAG_EXTERNAL_PARAMS:
         if any(n.startswith("params/") for n in names):
-            bad("a shard holds params/* sections (its codec parameters live in the manifest)", "external-params")
+            bad("a shard holds params/* sections (its codec parameters live in the manifest)", rules.EXTERNAL_PARAMS)
         if "params_sha256" not in header["codec"]:
-            bad("a shard's codec map lacks 'params_sha256'", "external-params")
+            bad("a shard's codec map lacks 'params_sha256'", rules.EXTERNAL_PARAMS)
+        if "shard" not in header:
+            bad("a shard's header lacks 'shard' (its index and first label in the set)", rules.EXTERNAL_PARAMS)
 
 
 def _check_section_meta(sec: dict, bad) -> None:
     kind, name = sec["kind"], sec["name"]
     if kind == "array":
         if "dtype" not in sec or "shape" not in sec:
-            bad(f"array section {name!r} lacks dtype or shape", "section-content")
+            bad(f"array section {name!r} lacks dtype or shape", rules.SECTION_CONTENT)
         itemsize = np.dtype(sec["dtype"]).itemsize
         count = span = 1
         for dim in sec["shape"]:  # Python ints: no overflow
@@ -703,25 +707,25 @@ def _check_section_meta(sec: dict, bad) -> None:
             span *= max(dim, 1)
         if span * itemsize > MAX_ARRAY_SPAN_BYTES:
             bad(f"array section {name!r}: shape {sec['shape']} is out of bounds (the product of its "
-                f"dimensions, each at least 1, times {itemsize} exceeds 2**48)", "section-content")
+                f"dimensions, each at least 1, times {itemsize} exceeds 2**48)", rules.SECTION_CONTENT)
         if count * itemsize != sec["length"]:
             bad(f"array section {name!r}: shape {sec['shape']} of {sec['dtype']} does not fill "
-                f"its {sec['length']} bytes", "section-content")
+                f"its {sec['length']} bytes", rules.SECTION_CONTENT)
     elif kind == "stream":
         for key in ("dtype", "rows", "width", "chunk_rows", "coding", "filters"):
             if key not in sec:
-                bad(f"stream section {name!r} lacks {key!r}", "section-content")
+                bad(f"stream section {name!r} lacks {key!r}", rules.SECTION_CONTENT)
         nchunks = -(-sec["rows"] // sec["chunk_rows"])
         if nchunks * CHUNK_ENTRY.size > sec["length"]:
-            bad(f"stream section {name!r} is too short for its {nchunks}-chunk index", "section-content")
+            bad(f"stream section {name!r} is too short for its {nchunks}-chunk index", rules.SECTION_CONTENT)
         if sec["chunk_rows"] * sec["width"] * np.dtype(sec["dtype"]).itemsize > MAX_CHUNK_BYTES:
             bad(f"stream section {name!r}: chunks of {sec['chunk_rows']} rows exceed the "
-                f"{MAX_CHUNK_BYTES}-byte chunk limit", "section-content")
+                f"{MAX_CHUNK_BYTES}-byte chunk limit", rules.SECTION_CONTENT)
         if len(set(sec["filters"])) != len(sec["filters"]):
-            bad(f"stream section {name!r} lists a filter twice", "section-content")
+            bad(f"stream section {name!r} lists a filter twice", rules.SECTION_CONTENT)
         if sec["filters"] != [f for f in FILTER_ORDER if f in sec["filters"]]:
             bad(f"stream section {name!r}: filters {sec['filters']} are not in the order "
-                f"{list(FILTER_ORDER)}", "section-content")
+                f"{list(FILTER_ORDER)}", rules.SECTION_CONTENT)
 
 
 class StreamReader:
@@ -744,12 +748,12 @@ class StreamReader:
         for k, (end, ccrc, reserved) in enumerate(entries):
             if reserved != 0 or end < prev or end > index_start:
                 raise FormatError(f"{container.path}: stream {self.name!r}: chunk {k} index entry is invalid "
-                                  "(not sorted, outside the section or reserved bits set)", rule="section-content")
+                                  "(not sorted, outside the section or reserved bits set)", rule=rules.SECTION_CONTENT)
             self._bounds.append((prev, end, ccrc))
             prev = end
         if prev != index_start:
             raise FormatError(f"{container.path}: stream {self.name!r}: chunks do not end where the index starts",
-                              rule="section-content")
+                              rule=rules.SECTION_CONTENT)
         self._cache: dict[int, np.ndarray] = {}
 
     def chunk_rows_of(self, k: int) -> int:
@@ -763,17 +767,17 @@ class StreamReader:
         data = self._payload[start:end]
         bad_chunk = f"{self.c.path}: stream {self.name!r} chunk {k}"
         if crc32(data) != ccrc:
-            raise FormatError(f"{bad_chunk}: checksum mismatch (damaged file)", rule="section-crc")
+            raise FormatError(f"{bad_chunk}: checksum mismatch (damaged file)", rule=rules.SECTION_CRC)
         n = self.chunk_rows_of(k)
         expected = n * self.width * self.dtype.itemsize
         if self.sec["coding"] == "zstd":
             try:
                 params = zstandard.get_frame_parameters(bytes(data[:18]))
             except zstandard.ZstdError as exc:
-                raise FormatError(f"{bad_chunk}: bad zstd frame ({exc})", rule="section-content") from None
+                raise FormatError(f"{bad_chunk}: bad zstd frame ({exc})", rule=rules.SECTION_CONTENT) from None
             if params.content_size != expected:
                 raise FormatError(f"{bad_chunk}: declares {params.content_size} bytes, expected {expected}",
-                                  rule="section-content")
+                                  rule=rules.SECTION_CONTENT)
             try:
                 # allow_extra_data=False: a chunk is exactly one frame (no second frame, no skippable
                 # frame, no trailing bytes that one reader would ignore and another might not)
@@ -781,11 +785,11 @@ class StreamReader:
                                                               allow_extra_data=False)
             except zstandard.ZstdError as exc:
                 raise FormatError(f"{bad_chunk}: is not exactly one valid zstd frame ({exc})",
-                                  rule="section-content") from None
+                                  rule=rules.SECTION_CONTENT) from None
         else:
             raw = bytes(data)
         if len(raw) != expected:
-            raise FormatError(f"{bad_chunk}: holds {len(raw)} bytes, expected {expected}", rule="section-content")
+            raise FormatError(f"{bad_chunk}: holds {len(raw)} bytes, expected {expected}", rule=rules.SECTION_CONTENT)
         return raw
 
     def verify_chunk(self, k: int) -> None:

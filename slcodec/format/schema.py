@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from ..errors import FormatError
+from . import rules
 from .limits import MAX_CLASSES  # labels.classes (why this number: limits.py)
 
 DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -121,11 +122,11 @@ _PY_TYPES = {"map": dict, "array": list, "str": str, "bool": bool}
 
 
 def validate(obj, schema=HEADER_SCHEMA, path="header"):
-    """Raise FormatError(rule="header-schema") unless ``obj`` matches ``schema``."""
+    """Raise FormatError(rule=rules.HEADER_SCHEMA) unless ``obj`` matches ``schema``."""
     t = schema.get("type", "any")
 
     def bad(msg):
-        raise FormatError(f"{path}: {msg}", rule="header-schema")
+        raise FormatError(f"{path}: {msg}", rule=rules.HEADER_SCHEMA)
 
     if t == "int":
         if not isinstance(obj, int) or isinstance(obj, bool):

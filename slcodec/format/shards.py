@@ -28,7 +28,7 @@ import numpy as np
 
 from .._checks import check_int
 from .._version import __version__
-from . import schema
+from . import rules, schema
 from .atomic import remove_stale_temps
 from .container import (FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, FORMAT_MINOR, FORMAT_MINOR_SHARDED, Container,
                         ContainerWriter, SpooledStreamBuilder)
@@ -131,7 +131,7 @@ def read_shard_table(m: Container) -> list[dict]:
     no name twice, ranges in order covering ``[0, count)`` exactly, and the header's
     ``params_sha256`` equal to the hash of the manifest's ``params/*`` sections."""
     def bad(msg):
-        raise FormatError(f"{m.path}: {msg}", rule="manifest")
+        raise FormatError(f"{m.path}: {msg}", rule=rules.MANIFEST)
 
     if not m.is_manifest:
         bad("not a manifest (required flag bit 0 is clear)")
@@ -175,11 +175,11 @@ def open_shard(m: Container, entries: list[dict], k: int) -> Container:
     path = shard_path(m, e)
     try:
         if not os.path.isfile(path):
-            raise FormatError(f"{m.path}: shard {k} ({e['file']}) is missing", rule="shard-missing")
+            raise FormatError(f"{m.path}: shard {k} ({e['file']}) is missing", rule=rules.SHARD_MISSING)
         size = os.path.getsize(path)
         if size != e["bytes"]:
             raise FormatError(f"{m.path}: shard {k} ({e['file']}) is {size} bytes, the manifest says {e['bytes']}",
-                              rule="shard-mismatch")
+                              rule=rules.SHARD_MISMATCH)
         c = Container.open(path)
         try:
             check_shard(m, e, k, c)
@@ -214,7 +214,7 @@ def manifest_replaced(m: Container) -> bool:
 
 def check_shard(m: Container, e: dict, k: int, c: Container) -> None:
     def bad(msg):
-        raise FormatError(f"{m.path}: shard {k} ({e['file']}): {msg}", rule="shard-mismatch")
+        raise FormatError(f"{m.path}: shard {k} ({e['file']}): {msg}", rule=rules.SHARD_MISMATCH)
 
     if c.preamble.file_length != e["bytes"]:
         bad(f"is {c.preamble.file_length} bytes, the manifest says {e['bytes']}")
@@ -255,7 +255,7 @@ def verify_set(path) -> list[str]:
                 with open_shard(m, entries, k) as c:
                     if file_sha256(c.path) != e["sha256"].lower():
                         raise FormatError(f"{m.path}: shard {k} ({e['file']}): sha256 differs from the manifest's",
-                                          rule="shard-mismatch")
+                                          rule=rules.SHARD_MISMATCH)
                     problems += [f"shard {k} ({e['file']}): {p}" for p in c.verify()]
             except FormatError as exc:
                 problems.append(str(exc))
