@@ -211,19 +211,6 @@ def register(cls: type[Codec]) -> type[Codec]:
     return cls
 
 
-def header_format_minor(header: dict) -> int:
-    """The format minor a file with this header's codec config needs (0 when the codec or its
-    config is unknown: the writer validated it already).  Loads only that codec's module, which
-    imports torch on first use only, so sharded-set tools (split, merge) need no torch."""
-    from ..errors import SlcodecError
-    try:
-        codec = header["codec"]
-        cls = get_codec_class(codec["id"])
-        return int(cls.from_config(codec["config"]).format_minor())
-    except (SlcodecError, KeyError, TypeError, ValueError):  # not an ImportError: never a silent 0
-        return 0
-
-
 #: the module of a built-in codec whose id is not its module's name
 _MODULE_OF_CODEC = {"fp32": "raw", "fp16": "raw"}
 
