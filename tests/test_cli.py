@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli import DEMO_FIXTURE, main
+from slcodec.cli import main
+from slcodec.cli.commands import DEMO_FIXTURE
 from slcodec.format.container import Container
 from slcodec.pipeline.inputs import load_labels
 

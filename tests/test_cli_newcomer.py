@@ -341,3 +341,14 @@ def test_train_student_example_explains_its_columns():
                                        capture_output=True, text=True, env=_env(), timeout=120).stdout.split())
     quick = re.search(r"--quick\s+(\w.*?)\s+--epochs EPOCHS\s", helptext).group(1)
     assert "(seconds)" not in quick and "--codec vq" in quick and "steps" in quick, quick
+
+
+def test_busy_machine_note_only_when_threads_would_fight_for_busy_cores():
+    from slcodec.cli.commands import busy_machine_note
+    note = busy_machine_note(0, 2, 12.0, 2)
+    assert note and "--fit-threads 1" in note and "12.0" in note
+    assert busy_machine_note(0, 2, 0.3, 2) is None          # idle cores: torch's count is the right one
+    assert busy_machine_note(1, 2, 12.0, 2) is None         # the user chose a thread count
+    assert busy_machine_note(None, 2, 12.0, 2) is None      # a codec without fit_threads
+    assert busy_machine_note(0, 1, 12.0, 2) is None         # one thread anyway
+    assert busy_machine_note(0, 2, None, 2) is None         # no load average on this platform

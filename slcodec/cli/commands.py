@@ -697,7 +697,9 @@ def main(argv=None) -> int:
         name = getattr(exc, "filename", None)
         print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except ImportError as exc:  # e.g. encode or decode without torch
+    except ImportError as exc:  # a dependency missing (encode or decode without torch), or a bug of ours
+        if (getattr(exc, "name", None) or "").split(".")[0] == "slcodec":
+            return _internal_error(exc)
         missing = getattr(exc, "name", None) or one_line(exc)
         print(f"slcodec: error: this command needs {missing}, which cannot be imported ({one_line(exc)})",
               file=sys.stderr)
@@ -709,11 +711,15 @@ def main(argv=None) -> int:
         print("slcodec: error: out of memory", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # an internal bug: still one line, traceback only on request
-        if os.environ.get("SLCODEC_DEBUG"):
-            raise
-        print(f"slcodec: internal error: {type(exc).__name__}: {one_line(exc)} "
-              "(set SLCODEC_DEBUG=1 for a traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal_error(exc)
+
+
+def _internal_error(exc) -> int:
+    if os.environ.get("SLCODEC_DEBUG"):
+        raise exc
+    print(f"slcodec: internal error: {type(exc).__name__}: {one_line(exc)} "
+          "(set SLCODEC_DEBUG=1 for a traceback)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def format_config(config: dict) -> str:
         if isinstance(v, (list, tuple)):
             return ",".join(text(x) for x in v)
         return f"{v:g}" if isinstance(v, float) else str(v)
-    return " ".join(f"{k}={text(v)}" for k, v in config.items())
+    return " ".join(f"{k}={text(v)}" for k, v in config.items()) or "(no options)"
 
 
 def format_ratio(r: float | None) -> str:
