@@ -352,3 +352,16 @@ def test_busy_machine_note_only_when_threads_would_fight_for_busy_cores():
     assert busy_machine_note(None, 2, 12.0, 2) is None      # a codec without fit_threads
     assert busy_machine_note(0, 1, 12.0, 2) is None         # one thread anyway
     assert busy_machine_note(0, 2, None, 2) is None         # no load average on this platform
+
+
+@pytest.mark.parametrize("name, rc, words", [("torch", 2, "needs torch"), ("slcodec.pipeline.writer", 3, "internal error")])
+def test_an_import_error_names_a_missing_dependency_but_not_our_own_bug(monkeypatch, capsys, name, rc, words):
+    from slcodec.cli import commands
+
+    def broken(args):
+        raise ImportError(f"cannot import {name}", name=name)
+    monkeypatch.setattr(commands, "cmd_info", broken)
+    monkeypatch.delenv("SLCODEC_DEBUG", raising=False)
+    assert commands.main(["info", os.path.join(GOLDEN, "v1.0-fp16-logits.vqsl")]) == rc
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
