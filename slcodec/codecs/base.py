@@ -121,6 +121,23 @@ class Codec(ABC):
     def from_config(cls, config: dict) -> "Codec":
         return cls(**config)
 
+    # -- identity (as numcodecs defines it: a codec is its config - here, and what it has fitted) --
+    def __eq__(self, other):
+        if not isinstance(other, Codec):
+            return NotImplemented
+        if type(self) is not type(other) or self.get_config() != other.get_config():
+            return False
+        mine, theirs = self.get_params(), other.get_params()
+        return mine.keys() == theirs.keys() and all(
+            np.asarray(mine[k]).dtype == np.asarray(theirs[k]).dtype and np.array_equal(mine[k], theirs[k])
+            for k in mine)
+
+    __hash__ = None   # a fit changes what a codec is: not a dict key
+
+    def __repr__(self):
+        """The codec as its constructor call, ``TopK(k=5)``: what ``from_config(get_config())`` rebuilds."""
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
     # -- parameters (the fixed part) --------------------------------------
     def fit(self, labels, ctx: Context) -> None:
         """Fit parameters on a sample ``labels`` (torch float32 ``[n, C]``).  Default: nothing to fit."""
