@@ -191,7 +191,7 @@ def _sample(src, rng: np.random.Generator, size: int):
 
 def log_space(x, kind: str):
     import torch
-    x = torch.as_tensor(x, dtype=torch.float32)
+    x = torch.from_numpy(np.array(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.to(torch.float32)
     return torch.log(x.clamp_min(torch.finfo(torch.float32).tiny)) if kind == "probs" else x
 
 
