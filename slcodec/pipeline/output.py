@@ -16,7 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..format.container import ContainerWriter
+import numpy as np
+
+from ..format.container import ContainerWriter, SpooledStreamBuilder
+
+#: section names a caller may not use for its own sections (besides ``params/...`` and ``streams/...``)
+RESERVED_SECTIONS = ("augment", "provenance")
 
 
 @dataclasses.dataclass
@@ -40,6 +45,43 @@ class Encoded:
         if self.params_problem:
             from ..errors import ConfigError
             raise ConfigError(self.params_problem)
+
+
+class ExtraSections:
+    """A writer's caller's own sections (augmentation records of an import, say): spooled streams
+    and msgpack maps, checked against the reserved names and each other."""
+
+    def __init__(self, folder: str, chunk_rows):
+        self.folder = folder
+        self._chunk_rows = chunk_rows
+        self._sections: dict = {}
+
+    def add_stream(self, name: str, dtype, width: int, chunk_rows: int | None = None) -> SpooledStreamBuilder:
+        self._check_name(name)
+        dtype = np.dtype(dtype).name
+        b = SpooledStreamBuilder(dtype, width, chunk_rows=chunk_rows or self._chunk_rows(dtype, width),
+                                 folder=self.folder)
+        self._sections[name] = ("stream", b)
+        return b
+
+    def add_msgpack(self, name: str, obj) -> None:
+        self._check_name(name)
+        self._sections[name] = ("msgpack", obj)
+
+    def _check_name(self, name):
+        if name.startswith(("params/", "streams/")) or name in RESERVED_SECTIONS:
+            raise ValueError(f"section name {name!r} is reserved")
+        if name in self._sections:
+            raise ValueError(f"duplicate section name {name!r}")
+
+    def sections(self) -> list:
+        """``[(name, kind, value)]`` in the order they were added."""
+        return [(name, kind, obj) for name, (kind, obj) in self._sections.items()]
+
+    def close(self) -> None:
+        for kind, obj in self._sections.values():
+            if kind == "stream":
+                obj.close()
 
 
 class FileOutput:
@@ -152,4 +194,4 @@ class TeamOutput:
             self._set.abort()
 
 
-__all__ = ["Encoded", "FileOutput", "ShardedOutput", "TeamOutput"]
+__all__ = ["Encoded", "ExtraSections", "FileOutput", "ShardedOutput", "TeamOutput", "RESERVED_SECTIONS"]

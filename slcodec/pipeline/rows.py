@@ -1,5 +1,6 @@
-"""Reading the rows of a label array: :class:`RowReader` (block reads that keep a memory-mapped
-input out of resident memory) and :func:`fit_rows`, the rows a whole-input encode fits on."""
+"""Rows of labels: :class:`RowReader` (block reads that keep a memory-mapped input out of
+resident memory), :func:`fit_rows` (the rows a whole-input encode fits on) and
+:func:`label_block` (the checked torch block a writer encodes)."""
 from __future__ import annotations
 
 import mmap
@@ -107,4 +108,30 @@ class RowReader:
         self.close()
 
 
-__all__ = ["RowReader", "fit_rows"]
+def label_block(labels, classes: int, first_index: int = 0):
+    """Labels appended to a writer (numpy or torch, ``[..., C]``) as a 2-D torch tensor ``[n, C]``
+    (not copied; any floating dtype, any device); NaN or Inf is an InputError naming the row
+    (``first_index``: the global index of the first row)."""
+    import torch
+    if isinstance(labels, torch.Tensor):
+        t = labels.detach()
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype.kind != "f":
+            raise InputError(f"labels are {arr.dtype}, expected floating point")
+        native = arr.dtype.newbyteorder("=")
+        if arr.dtype != native or not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, dtype=native, order="C")  # a copy torch can own
+        t = torch.from_numpy(arr)
+    if not t.dtype.is_floating_point:
+        raise InputError(f"labels are {t.dtype}, expected floating point")
+    if t.ndim < 1 or t.shape[-1] != classes:
+        raise InputError(f"labels have shape {list(t.shape)}; expected [..., {classes}]")
+    t = t.reshape(-1, classes)
+    if t.shape[0] and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t).all(dim=1)).nonzero()[0, 0])
+        raise InputError(f"label row {first_index + bad} holds NaN or Inf")
+    return t
+
+
+__all__ = ["RowReader", "fit_rows", "label_block"]

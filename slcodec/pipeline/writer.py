@@ -41,16 +41,16 @@ import numpy as np
 from .._checks import check_int
 from .._version import __version__
 from ..codecs.base import SOURCE_KINDS, Codec, Context, get_codec_class
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..format.container import DEFAULT_CHUNK_ROWS, SpooledStreamBuilder
 from .device import default_codec, resolve_device
-from .output import Encoded, FileOutput, ShardedOutput, TeamOutput
+from .output import Encoded, ExtraSections, FileOutput, ShardedOutput, TeamOutput
+from .rows import label_block
 
 #: default number of rows a fitting codec is fitted on (when the codec has no fit_sample option)
 DEFAULT_FIT_SAMPLE = 100_000
 #: the float32 fit sample is kept under this many bytes
 FIT_ROWS_MAX_BYTES = 1 << 31
-RESERVED_SECTIONS = ("augment", "provenance")
 
 
 def stream_chunk_rows(dtype: str, width: int) -> int:
@@ -84,7 +84,6 @@ class Writer:
         self.path = os.fspath(path)
         self._state = "new"
         self._builders: dict = {}
-        self._extra: dict = {}
         self._held: list = []
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -123,6 +122,7 @@ class Writer:
         self.provenance = provenance
         self.source_dtype = source_dtype
         self._chunk_rows = chunk_rows or stream_chunk_rows
+        self._extra = ExtraSections(self.folder, self._chunk_rows)
         #: labels per shard of a sharded set (format 1.1), or None for one file
         self.shard_rows = None if shard_rows is None else check_int(shard_rows, "shard_rows")
         #: global index of this writer's first label, and the number of labels it is to be given
@@ -169,27 +169,7 @@ class Writer:
 
     # -- labels --------------------------------------------------------------
     def _as_block(self, labels):
-        """Labels -> a 2-D torch tensor [n, C] (not copied; any floating dtype, any device)."""
-        import torch
-        if isinstance(labels, torch.Tensor):
-            t = labels.detach()
-        else:
-            arr = np.asarray(labels)
-            if arr.dtype.kind != "f":
-                raise InputError(f"labels are {arr.dtype}, expected floating point")
-            native = arr.dtype.newbyteorder("=")
-            if arr.dtype != native or not arr.flags.writeable or not arr.flags.c_contiguous:
-                arr = np.array(arr, dtype=native, order="C")  # a copy torch can own
-            t = torch.from_numpy(arr)
-        if not t.dtype.is_floating_point:
-            raise InputError(f"labels are {t.dtype}, expected floating point")
-        if t.ndim < 1 or t.shape[-1] != self.classes:
-            raise InputError(f"labels have shape {list(t.shape)}; expected [..., {self.classes}]")
-        t = t.reshape(-1, self.classes)
-        if t.shape[0] and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t).all(dim=1)).nonzero()[0, 0])
-            raise InputError(f"label row {self.first_row + self.count + self._held_rows + bad} holds NaN or Inf")
-        return t
+        return label_block(labels, self.classes, self.first_row + self.count + self._held_rows)
 
     def append(self, labels) -> None:
         """Add labels ``[n, C]`` (or ``[..., C]``): numpy or torch, logits or probabilities as
@@ -334,24 +314,12 @@ class Writer:
         be one per label.  Names ``params/...``, ``streams/...``, ``augment`` and ``provenance``
         are reserved."""
         self._check_open()
-        self._check_name(name)
-        dtype = np.dtype(dtype).name
-        b = SpooledStreamBuilder(dtype, width, chunk_rows=chunk_rows or self._chunk_rows(dtype, width),
-                                 folder=self.folder)
-        self._extra[name] = ("stream", b)
-        return b
+        return self._extra.add_stream(name, dtype, width, chunk_rows)
 
     def add_msgpack(self, name: str, obj) -> None:
         """An extra msgpack section, written at :meth:`close`."""
         self._check_open()
-        self._check_name(name)
-        self._extra[name] = ("msgpack", obj)
-
-    def _check_name(self, name):
-        if name.startswith(("params/", "streams/")) or name in RESERVED_SECTIONS:
-            raise ValueError(f"section name {name!r} is reserved")
-        if name in self._extra:
-            raise ValueError(f"duplicate section name {name!r}")
+        self._extra.add_msgpack(name, obj)
 
     # -- finishing ---------------------------------------------------------------
     def close(self) -> str:
@@ -390,7 +358,7 @@ class Writer:
         return Encoded(header=self._header(), params=params,
                        sections=[("augment", "msgpack", self.augment or {"mode": "none"}),
                                  ("provenance", "msgpack", prov)],
-                       extra=[(name, kind, obj) for name, (kind, obj) in self._extra.items()],
+                       extra=self._extra.sections(),
                        streams=self._builders, format_minor=self.codec.format_minor(), params_problem=problem)
 
     def _header(self) -> dict:
@@ -420,9 +388,7 @@ class Writer:
         self._output.abort()  # removes what the output wrote and did not publish
         for b in self._builders.values():
             b.close()
-        for kind, obj in self._extra.values():
-            if kind == "stream":
-                obj.close()
+        self._extra.close()
         self._held = []
         self._held_rows = 0
 
