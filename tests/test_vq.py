@@ -356,6 +356,7 @@ def test_table_lookup_lift_equals_the_searching_one(margin, classes):
 
 def test_table_only_when_small(monkeypatch):
     import slcodec.codecs.vq as vq
+    import slcodec.codecs.vq.table as vq_table
     codec, _, _ = _fitted_tiny()
     C, H = codec._classes, TINY["hidden"]
     cpu = torch.device("cpu")
@@ -363,7 +364,41 @@ def test_table_only_when_small(monkeypatch):
     assert vq._FastDecoder(codec._dec, cpu, table_max_bytes=16 * 16 * C * 4 - 1).table is None
     # nor when building it would cost too much (a legal config with a huge code space and decoder)
     macs = 16 * 16 * (2 * H + H * H + H * C)      # 1 residual layer
-    monkeypatch.setattr(vq, "DECODE_TABLE_MAX_MACS", macs)
+    monkeypatch.setattr(vq_table, "DECODE_TABLE_MAX_MACS", macs)
     assert vq._FastDecoder(codec._dec, cpu).table is not None
-    monkeypatch.setattr(vq, "DECODE_TABLE_MAX_MACS", macs - 1)
+    monkeypatch.setattr(vq_table, "DECODE_TABLE_MAX_MACS", macs - 1)
     assert vq._FastDecoder(codec._dec, cpu).table is None
+
+
+@pytest.mark.parametrize("margin,classes", [(0.01, None), (0.0, None), (0.01, 10)])
+def test_every_lift_backend_equals_the_reference_rule(margin, classes):
+    """The lift rule is written once (``lift_reference``, a plain per-row numpy loop); the torch
+    (``apply_top1``), numpy (``_apply_top1_lift_cpu``) and table (``_FastDecoder.lift_top1``)
+    backends give exactly its values on every kind of top-1 symbol: 0, 1, 2-3, 4-15, escapes."""
+    from slcodec.codecs.vq import _apply_top1_lift_cpu, lift_reference
+    if classes is None:
+        codec, x, ctx = _fitted_tiny(margin=margin)
+    else:
+        x = _synthetic(n=400, C=classes)
+        codec = VQCodec(**dict(TINY, margin=margin))
+        codec.fit(x, Context(classes=classes, seed=3))
+    fast = codec._fast_for(torch.device("cpu"))
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, codec.K, (4000, codec.M), generator=g)
+    z = fast(idx)
+    rank = torch.randint(0, min(24, codec._classes), (idx.shape[0],), generator=g)
+    c = torch.argsort(z, dim=1, descending=True, stable=True).gather(1, rank.view(-1, 1)).view(-1)
+    v = top1_symbols(z, c)
+    kinds = [v == 0, v == 1, (v >= 2) & (v <= 3), (v >= 4) & (v < TOP1_RANKS)]
+    if classes is None:
+        kinds.append(v >= TOP1_RANKS)
+    assert all(bool(k.any()) for k in kinds), [int(k.sum()) for k in kinds]
+    want = lift_reference(z.numpy(), v.numpy(), margin)
+    assert (want.argmax(1) == c.numpy()).all()          # the reference makes the stored class the argmax
+    backends = {"torch": lambda a: apply_top1(a, v, margin, "lift", return_classes=False),
+                "numpy": lambda a: _apply_top1_lift_cpu(a, v, margin),
+                "table": lambda a: fast.lift_top1(a, fast.table_rows(idx), v, margin)}
+    for name, run in backends.items():
+        a = z.clone()
+        run(a)
+        assert np.array_equal(a.numpy(), want), name

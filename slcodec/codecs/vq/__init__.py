@@ -1,0 +1,98 @@
+"""``vq``: a learned vector-quantized autoencoder for soft labels, with a guaranteed argmax.
+
+Streams (marginal part, one row per label)
+------------------------------------------
+* ``codes`` ``[n, M]`` (``uint8`` when K <= 256, else ``uint16``): for each of the M latent
+  vectors of the encoder, the index of its nearest entry in its own codebook of K entries
+  (product quantization: the encoder output is split into M vectors of ``code_dim``).
+* ``top1`` ``[n, 1]`` (``uint16``; ``uint32`` when C + 16 > 65536): the teacher's top-1 class
+  ``c = argmax(label)`` (first maximum on ties), coded relative to the decoded logits ``z``:
+  ``v = rank of c in z`` (0 = the decoder already puts c first) when that rank is < 16 and
+  robust - no other decoded logit within ``2e-4 * (1 + |z_c|)`` of ``z_c``, so float noise of
+  another device cannot change it - else ``v = 16 + c`` (escape).  Mostly zeros, so the
+  container's zstd coding makes it cost ~1 bit per label instead of the ~6 bits of a plain
+  class stream on real crops.  Decoding must therefore run in float32 (no AMP).
+
+Parameters (fixed part, ``param_dtype``, float16 by default)
+-------------------------------------------------------------
+``codebooks [M, K, d]`` and a small decoder: ``h = GELU(concat_m codebook_m[i_m] @ w_in + b_in)``,
+``decoder_layers`` residual blocks ``h += GELU(h @ w_h{i} + b_h{i})``, ``logits = h @ w_out + b_out``.
+Only what decoding needs is stored; the encoder lives in memory after :meth:`fit`
+(encode new batches with the object that was fitted).
+
+Decoded logits keep the argmax (100% top-1 agreement by construction): where the decoder's own
+first maximum is not c (rank > 0 or escape symbols), ``top1_rule="lift"`` (the default, and the
+rule of files written before the option existed) sets ``logit[c] = max(logits) + margin``;
+``top1_rule="swap"`` instead exchanges ``logit[c]`` with the decoder's maximum (keeping the
+decoder's confidence, now on c) and then lifts ``logit[c]`` to at least the largest other
+logit + ``margin``.  Measured on the 12,000 ImageNet labels, swap was slightly worse (KL 0.0559 /
+0.00445 at T=1/4 against 0.0497 / 0.00423, 45.4 against 43.2 bits), so lift stays the default;
+where it is (symbol 0), c already leads every other logit by at least ``2e-4 * (1 + |z_c|)``.
+Training applies the same rule with the true classes, so the network learns what decoding does.
+
+Decoding speed: when every combination of codes fits in a logits table of at most
+``DECODE_TABLE_MAX_BYTES`` (K ** M * C * 4 bytes; e.g. the one-codebook configs that suit small
+files: bits=8 at C=1000 is 64 rows, 256 KB) and building it costs at most
+``DECODE_TABLE_MAX_MACS``, the decoder runs once per combination when a reader first decodes
+(per process), and each label is then a row gather plus - on the rows whose ``top1`` symbol is
+not 0 - a lookup of that row's precomputed ranking (int32, min(16, C) per row; on the CPU).
+Larger code spaces run the network per batch (a [batch, hidden] x [hidden, C] GEMM).
+
+Image prior (``image_bias``, format 1.2)
+---------------------------------------
+Views of one image share most of their label (Fashion-MNIST IPC 10: 93% of the logit variance
+is between images; ImageNet crops: 76%).  With ``image_bias="on"`` the file stores each image's
+mean log-probabilities ``image_bias [images, C]`` (param_dtype); the encoder sees a label minus
+its image's row and the decoder's logits get that row added back, so the codes only describe
+the view.  The table costs ``16 * C / A`` bits per label (A views per image): ``auto`` (the
+default) turns it on for ``[images, A, C]`` sets where that is <= 1 bit (C = 10, A = 300:
+0.53 bits), off otherwise and for flat ``[N, C]`` sets.  It needs every image's mean over *all*
+its labels before fitting: :func:`slcodec.encode` makes one extra pass over the input for it;
+a :class:`slcodec.Writer` user calls ``set_image_means`` (``slcodec.pipeline.writer.image_mean_log_probs``).
+Encoding and decoding need the labels' global indices (``Context.rows``; Writer and Reader pass them).
+
+Rate control
+------------
+``bits`` (B) is the *nominal marginal bits per label*: ``B = M * log2(K) + ARGMAX_BITS``, where
+``ARGMAX_BITS = 2`` is the budget reserved for the zstd-coded ``top1`` stream.  From B the codec
+picks ``M = max(1, round((B - 2) / 8))`` and ``K = round(2 ** ((B - 2) / M))`` (so K <= 256
+and ``uint8`` codes whenever ``B - 2 <= 8 M``).  ``codes`` (M) and ``codebook_size`` (K)
+override either choice.  Default B = 48: M = 6, K = 203 (45.99 raw index bits).  The measured
+file cost is the zstd-coded size of both streams (see ``benchmarks/vq_eval.py``).
+
+Loss and temperatures
+---------------------
+Fitting minimises ``sum_T T^2 * KL(softmax(x / T) || softmax(decoded / T))`` over the
+``temperature`` list (default ``[1, 4]``).  The T^2 factor is the usual distillation
+scaling; it also equalises the default targets (0.08 at T=1 vs 0.005 * 16 at T=4).
+
+Fitting on large sets
+---------------------
+``fit`` uses at most ``min(fit_sample, max(1024, 2**29 // C))`` labels (``fit_sample`` defaults
+to 100,000; the second bound keeps the sample <= 2 GiB of float32 for large C): when given more,
+it takes the rows ``sorted(randperm(n, generator=seed + 1)[:rows])``.  Training: ``warmup`` of the
+plain autoencoder, k-means initialisation of each codebook on encoder outputs, VQ training
+with straight-through gradients, EMA codebook updates and dead-code restarts (codes whose
+EMA usage falls below 1/(20K) are re-seeded from encoder outputs of the batch), then a
+``finetune`` phase with the indices frozen that refits decoder and stored codebook vectors
+(the encoder keeps the pre-finetune copy of the codebooks for its nearest-entry search).
+All randomness comes from a ``torch.Generator`` seeded with ``ctx.seed``; no global RNG.
+
+Large vocabularies: ``encoder_input="topk"`` (the default ``auto`` picks it when
+C > 4096) feeds the encoder an embedding-bag of the ``topk_input`` best classes weighted by
+their log-probability above the k-th, plus their sorted values, so no dense C x hidden
+matrix is multiplied per label.  The decoder's output layer is inherently ``hidden x C``.
+Measured on the 2 shared CPU cores with synthetic C=50,000 labels, hidden=128 (both dominated by
+O(C) passes per label - topk, the output GEMM, the top-1 check): encode ~600 labels/s, decode
+~2,000 labels/s, fit ~1.8 s per step at batch 256, fixed part 13 MB (float16); encode/decode
+batches are capped at 64 MiB of float32 logits.
+"""
+# The package is split by concern: config (constants, rate control), top1 (the argmax guarantee),
+# networks (encoder, decoder, logit bound), table (inference decoder), prior (image prior),
+# fit (training), codec (the registered Codec).
+from .codec import VQCodec  # noqa: F401,E402  (registers 'vq')
+from .config import  (ARGMAX_BITS, DECODE_TABLE_MAX_BYTES, TOP1_EPS, TOP1_RANKS, nominal_bits,  # noqa: F401
+                     rate_for_bits)
+from .networks import  logit_bound  # noqa: F401
+from .table import  _FastDecoder  # noqa: F401
+from .top1 import  _apply_top1_lift_cpu, _class_at_rank, apply_top1, lift_reference, top1_symbols, train_top1  # noqa: F401
