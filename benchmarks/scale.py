@@ -874,6 +874,9 @@ def cmd_project(args):
     N = C * args.ipc * args.views
     bits = {"C=1000 stream run": st["file"]["marginal_bits_per_label"],
             f"C={C} wide run": wi["file"]["marginal_bits_per_label"]}
+    for item in args.extra_bits:          # stream rates measured elsewhere (e.g. section 1's real labels)
+        name, _, val = item.rpartition("=")
+        bits[name] = float(val)
     fixed = wi["file"]["fixed_bytes"]
     size = {k: N * b / 8 + fixed for k, b in bits.items()}
     fp16 = N * C * 2
@@ -978,6 +981,8 @@ def main():
     pr.add_argument("--views", type=int, default=300)
     pr.add_argument("--steps", type=int, default=3000, help="fit steps of the projected encode (vq default)")
     pr.add_argument("--procs", type=int, nargs="+", default=[2, 8, 64])
+    pr.add_argument("--extra-bits", action="append", default=[], metavar="NAME=BITS",
+                    help="another measured stream rate (bits/label) to size the file with")
     pr.add_argument("--json", default=None)
     args = ap.parse_args()
     {"stream": cmd_stream, "decode": cmd_decode, "cli": cmd_cli, "wide": cmd_wide,
