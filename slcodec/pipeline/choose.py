@@ -28,7 +28,7 @@ import tempfile
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SlcodecError
 
 #: the default target (``--max-kl 0.1@1 --max-kl 0.01@4``) and budget (2% of FP16: 0.02 * 16 * C bits)
 DEFAULT_TARGET = ((0.1, 1.0), (0.01, 4.0))
@@ -282,7 +282,7 @@ def choose(src, target=DEFAULT_TARGET, budget: float | None = None, *, allow_top
         try:
             t = trial(sample, shape, fit_idx, held_idx, src.kind, images, n_total, codec, options, temps,
                       seed=seed, device=device)
-        except ConfigError as exc:  # an option that does not fit this set (k >= C ...)
+        except SlcodecError as exc:  # an option that does not fit this set (k >= C, a vq bound refused ...)
             trials.append(Trial(codec, options, math.inf, math.inf, math.inf, {}, {}, 0.0, 0.0, str(exc)))
             continue
         trials.append(t)
