@@ -532,3 +532,34 @@ def test_decode_result_the_machine_cannot_hold(tmp_path, capsys):
     assert cli.main(["decode", str(p), "-o", str(tmp_path / "o.npy")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("slcodec: error:") and err.count("\n") == 1 and "internal" not in err
+
+
+def test_many_small_chunks_share_one_decompressor(tmp_path, monkeypatch):
+    """A stream of many one-row chunks (found by benchmarks/fuzz.py: 1,000,000 of them, 29 MB,
+    took verify over 10 s of CPU, ~12 us a chunk, most of it making a zstd context per chunk):
+    every chunk is inflated with the same context (per thread), not a new one each."""
+    import zstandard as zstd
+
+    import slcodec.format.container as container
+    from craft import add_raw_stream
+    made = []
+
+    real = zstd.ZstdDecompressor
+
+    def counting(*a, **kw):
+        made.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(container.zstandard, "ZstdDecompressor", counting)
+    monkeypatch.setattr(container, "_DCTX", container.threading.local())
+    frame = zstd.ZstdCompressor(write_content_size=True).compress(b"\0" * 4)
+    p = tmp_path / "many-chunks.vqsl"
+    data = topk_file(IDS, VALS)(str(tmp_path))
+    with Container.from_bytes(data) as src, ContainerWriter(p, verify=False) as w:
+        for sec in src.header["sections"]:
+            w._add(sec["name"], sec["kind"], src._payload(sec), {k: v for k, v in sec.items()
+                                                                  if k not in ("name", "kind", "offset", "length", "crc32")})
+        add_raw_stream(w, "augment/coords", [frame] * 2000, "float32", 1, 1)
+        w.commit({k: v for k, v in src.header.items() if k != "sections"})
+    with Container.open(p) as c:
+        assert c.verify() == []
+    assert len(made) == 1
