@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError
+from ..format import rules
 from ..lazy_torch import lazy_import
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
@@ -58,4 +59,4 @@ def check_top1(v: np.ndarray, classes: int, codec: str) -> None:
     v = np.asarray(v)
     if v.size and int(v.max()) > classes:
         raise FormatError(f"{codec}: top1 symbol {int(v.max())} out of range (classes={classes})",
-                          rule="codec-streams")
+                          rule=rules.CODEC_STREAMS)

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .._checks import check_int
-from ..format import limits
+from ..format import limits, rules
 from ..errors import ConfigError
 from .rules import check_options
 
@@ -150,7 +150,7 @@ class Codec(ABC):
         if params:
             from ..errors import FormatError
             raise FormatError(f"codec {self.codec_id!r} takes no parameters, file has {sorted(params)}",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
 
     # -- labels <-> streams -----------------------------------------------
     @abstractmethod
@@ -165,7 +165,7 @@ class Codec(ABC):
         """
 
     def validate_streams(self, streams: dict[str, np.ndarray], classes: int) -> None:
-        """Raise FormatError(rule="codec-streams") if stream rows (numpy) hold values out of range.
+        """Raise FormatError(rule=rules.CODEC_STREAMS) if stream rows (numpy) hold values out of range.
 
         Called by the reader on every block it decodes and by ``slcodec verify`` on every row,
         so that a file with, say, a class id >= C is rejected rather than decoded wrongly."""

@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from ..format import limits
+from ..format import limits, rules
 from ..errors import ConfigError, FormatError
 from ..lazy_torch import lazy_import
 from .argmax_fix import apply_top1, check_top1, top1_dtype, top1_symbols
@@ -227,25 +227,25 @@ class ImagePriorCodec(Codec):
     def set_params(self, params, ctx: Context):
         if set(params) != {"prior", "prior_range"}:
             raise FormatError(f"imgprior: parameters {sorted(params)} do not match the config "
-                              f"(expected ['prior', 'prior_range'])", rule="codec-params")
+                              f"(expected ['prior', 'prior_range'])", rule=rules.CODEC_PARAMS)
         C = ctx.classes
         try:
             self._k(C)
         except ConfigError as exc:
-            raise FormatError(str(exc), rule="codec") from None
+            raise FormatError(str(exc), rule=rules.CODEC) from None
         G, augs = self._groups(ctx.label_shape)
         for name, dtype, shape in (("prior", np.uint8, (G, C)), ("prior_range", np.float32, (G, 2))):
             a = params[name]
             if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
                 got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
                 raise FormatError(f"imgprior: parameter {name!r} is {got}, expected {np.dtype(dtype)} {shape}",
-                                  rule="codec-params")
+                                  rule=rules.CODEC_PARAMS)
         rng = params["prior_range"]
         top, step = rng[:, 0], rng[:, 1]
         if not (np.isfinite(rng).all() and (top <= 0).all() and (top >= LOG_FLOOR).all()
                 and (step >= 0).all() and (step <= np.float32(MAX_PRIOR_STEP)).all()):
             raise FormatError(f"imgprior: 'prior_range' rows must be (top in [{LOG_FLOOR:g}, 0], "
-                              f"step in [0, {MAX_PRIOR_STEP:.4g}])", rule="codec-params")
+                              f"step in [0, {MAX_PRIOR_STEP:.4g}])", rule=rules.CODEC_PARAMS)
         self._set_prior(np.array(params["prior"], order="C"), np.array(rng, order="C"), augs)
 
     # ------------------------------------------------------------------ streams
@@ -259,7 +259,7 @@ class ImagePriorCodec(Codec):
             raise ConfigError("imgprior: labels of an [images, views, C] set need their indices (ctx.rows)")
         img = np.asarray(rows, dtype=np.int64) // self._augs
         if img.size and (int(img.min()) < 0 or int(img.max()) >= levels.shape[0]):
-            raise FormatError("imgprior: label index outside the prior table", rule="codec-params")
+            raise FormatError("imgprior: label index outside the prior table", rule=rules.CODEC_PARAMS)
         img = torch.from_numpy(img).to(dev)
         return prior_logits(levels[img], rng[img])
 
@@ -304,13 +304,13 @@ class ImagePriorCodec(Codec):
         ids = np.asarray(streams["ids"])
         if ids.size and int(ids.max()) >= classes:
             raise FormatError(f"imgprior: class id {int(ids.max())} out of range (classes={classes})",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         if ids.ndim == 2 and ids.shape[1] > 1 and bool((np.diff(np.sort(ids, axis=1), axis=1) == 0).any()):
-            raise FormatError("imgprior: a label lists the same class twice", rule="codec-streams")
+            raise FormatError("imgprior: a label lists the same class twice", rule=rules.CODEC_STREAMS)
         for name in ("residuals", "tail"):
             v = np.asarray(streams[name])
             if v.size and int(v.min()) < -127:
-                raise FormatError(f"imgprior: {name} value -128 is not a level (-127..127)", rule="codec-streams")
+                raise FormatError(f"imgprior: {name} value -128 is not a level (-127..127)", rule=rules.CODEC_STREAMS)
 
     def decode(self, streams, ctx: Context):
         if self._levels is None:
@@ -324,7 +324,7 @@ class ImagePriorCodec(Codec):
             res = streams["residuals"].to(dev, torch.float32)
             tail = streams["tail"].to(dev, torch.float32)
             if ids.shape != (n, k) or res.shape != (n, k) or tail.shape != (n, 1):
-                raise FormatError("imgprior: stream shapes do not match the config", rule="codec-streams")
+                raise FormatError("imgprior: stream shapes do not match the config", rule=rules.CODEC_STREAMS)
         else:
             ids = torch.zeros((n, 0), dtype=torch.long, device=dev)
             res, tail = torch.zeros((n, 0), device=dev), torch.zeros((n, 1), device=dev)

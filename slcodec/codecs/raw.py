@@ -6,6 +6,7 @@ import numpy as np
 from ..lazy_torch import lazy_import
 
 from ..errors import ConfigError, FormatError
+from ..format import rules
 from .base import Codec, all_finite, check_classes, check_decode_size, register
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
@@ -25,14 +26,14 @@ class _RawCodec(Codec):
         values = streams["values"]
         check_decode_size(self.codec_id, values.shape[0], values.shape[1])
         if not ctx.streams_checked and not bool(torch.isfinite(values).all()):
-            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule="codec-streams")
+            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule=rules.CODEC_STREAMS)
         return values.to(ctx.device, torch.float32)
 
     def validate_streams(self, streams, classes):
         # a writer never stores a non-finite value (encode refuses them), and a reader's softmax
         # would turn one into a row of NaN
         if not all_finite(np.asarray(streams["values"])):
-            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule="codec-streams")
+            raise FormatError(f"{self.codec_id}: a value is NaN or infinite", rule=rules.CODEC_STREAMS)
 
     def stream_specs(self, classes):
         return {"values": (self.dtype.name, check_classes(self.codec_id, classes))}

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
-from ..format import limits
+from ..format import limits, rules
 from ..errors import ConfigError, FormatError
 from .base import Codec, Context, Option, block_rows, check_classes, check_decode_size, register
 from .rules import Choice, Float, Int
@@ -212,12 +212,12 @@ class SparseCodec(Codec):
         want = set() if self.config["tail"] != "prior" else {"prior"} if P is None else {"prior", "prior_ids"}
         if set(params) != want:
             raise FormatError(f"sparse: parameters {sorted(params)} do not match the config "
-                              f"(expected {sorted(want)})", rule="codec-params")
+                              f"(expected {sorted(want)})", rule=rules.CODEC_PARAMS)
         C = ctx.classes
         try:
             self._k(C)
         except ConfigError as exc:
-            raise FormatError(str(exc), rule="codec") from None
+            raise FormatError(str(exc), rule=rules.CODEC) from None
         if want:
             ids = None
             if P is not None:
@@ -226,9 +226,10 @@ class SparseCodec(Codec):
                 if not isinstance(ids, np.ndarray) or ids.dtype != idt or ids.shape != (P,):
                     got = (getattr(ids, "dtype", type(ids).__name__), getattr(ids, "shape", None))
                     raise FormatError(f"sparse: parameter 'prior_ids' is {got}, expected {idt} ({P},)",
-                                      rule="codec-params")
+                                      rule=rules.CODEC_PARAMS)
                 if int(ids.max()) >= C or (P > 1 and not bool((np.diff(ids.astype(np.int64)) > 0).all())):
-                    raise FormatError("sparse: 'prior_ids' must be increasing class ids below C", rule="codec-params")
+                    raise FormatError("sparse: 'prior_ids' must be increasing class ids below C",
+                                      rule=rules.CODEC_PARAMS)
                 ids = np.ascontiguousarray(ids)
             levels = C if P is None else P + 1
             a = params["prior"]
@@ -236,9 +237,9 @@ class SparseCodec(Codec):
             if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != (size,):
                 got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
                 raise FormatError(f"sparse: parameter 'prior' is {got}, expected uint8 ({size},)",
-                                  rule="codec-params")
+                                  rule=rules.CODEC_PARAMS)
             if levels % 2 and a[-1] >> 4:
-                raise FormatError("sparse: the unused high nibble of 'prior' is not zero", rule="codec-params")
+                raise FormatError("sparse: the unused high nibble of 'prior' is not zero", rule=rules.CODEC_PARAMS)
             self._set_prior(np.ascontiguousarray(a), C, ids)
         self._classes = C
 
@@ -264,9 +265,9 @@ class SparseCodec(Codec):
         ids = np.asarray(streams["ids"])
         if ids.size and int(ids.max()) >= classes:
             raise FormatError(f"sparse: class id {int(ids.max())} out of range (classes={classes})",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         if ids.ndim == 2 and ids.shape[1] > 1 and bool((np.diff(np.sort(ids, axis=1), axis=1) == 0).any()):
-            raise FormatError("sparse: a label lists the same class twice", rule="codec-streams")
+            raise FormatError("sparse: a label lists the same class twice", rule=rules.CODEC_STREAMS)
 
     def decode(self, streams, ctx: Context):
         dev = torch.device(ctx.device)
@@ -277,7 +278,7 @@ class SparseCodec(Codec):
         if n and not ctx.streams_checked and (
                 int(ids.min()) < 0 or int(ids.max()) >= C
                 or (k > 1 and bool((torch.sort(ids, dim=1).values.diff(dim=1) == 0).any()))):
-            raise FormatError("sparse: class id out of range or repeated", rule="codec-streams")
+            raise FormatError("sparse: class id out of range or repeated", rule=rules.CODEC_STREAMS)
         check_decode_size(self.codec_id, n, C)
         out = torch.empty((n, C), dtype=torch.float32, device=dev)
         lw = None if self._log_w is None else self._log_w.to(dev)

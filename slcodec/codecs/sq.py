@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, FormatError
+from ..format import rules
 from ..lazy_torch import lazy_import
 from .argmax_fix import apply_top1, check_top1, top1_dtype, top1_symbols
 from .base import Codec, Context, Option, block_rows, check_classes, check_decode_size, register
@@ -153,18 +154,18 @@ class ScalarQuantCodec(Codec):
     def set_params(self, params, ctx: Context):
         if set(params) != {"centroids"}:
             raise FormatError(f"sq: parameters {sorted(params)} do not match the config (expected ['centroids'])",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
         a = params["centroids"]
         L = self.levels
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (L,):
             got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
-            raise FormatError(f"sq: parameter 'centroids' is {got}, expected float32 ({L},)", rule="codec-params")
+            raise FormatError(f"sq: parameter 'centroids' is {got}, expected float32 ({L},)", rule=rules.CODEC_PARAMS)
         if not np.isfinite(a).all() or float(a.max()) > 0.0 or float(a.min()) < LOG_FLOOR:
             raise FormatError(f"sq: 'centroids' must be finite log-probabilities in [{LOG_FLOOR:g}, 0]",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
         if L > 1 and bool((np.diff(a) > 0).any()):
             raise FormatError("sq: 'centroids' must be non-increasing (level 0 the most probable)",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
         self._set_centroids(np.array(a, dtype=np.float32, order="C"))   # our own, writable copy
         self._edges = None
 
@@ -194,7 +195,7 @@ class ScalarQuantCodec(Codec):
         levels = np.asarray(streams["levels"])
         if levels.size and int(levels.max()) >= self.levels:
             raise FormatError(f"sq: level {int(levels.max())} out of range ({self.levels} levels)",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         check_top1(streams["top1"], classes, "sq")
 
     def decode(self, streams, ctx: Context):
@@ -206,7 +207,7 @@ class ScalarQuantCodec(Codec):
         C = ctx.classes
         n = levels.shape[0]
         if levels.shape != (n, C) or v.shape != (n,):
-            raise FormatError("sq: stream shapes do not match the config", rule="codec-streams")
+            raise FormatError("sq: stream shapes do not match the config", rule=rules.CODEC_STREAMS)
         if n and not ctx.streams_checked:
             self.validate_streams({"levels": levels.cpu().numpy(), "top1": v.cpu().numpy()}, C)
         check_decode_size(self.codec_id, n, C)

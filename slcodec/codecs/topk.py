@@ -11,7 +11,7 @@ import numpy as np
 
 from ..lazy_torch import lazy_import
 
-from ..format import limits
+from ..format import limits, rules
 from ..errors import ConfigError, FormatError
 from .base import Codec, Option, all_finite, check_classes, check_decode_size, register
 from .rules import Int
@@ -62,7 +62,7 @@ class TopK(Codec):
         check_decode_size(self.codec_id, ids.shape[0], classes)
         if not ctx.streams_checked and ids.numel() and (
                 int(ids.min()) < 0 or int(ids.max()) >= classes or not bool(torch.isfinite(values).all())):
-            raise FormatError("topk: a class id out of range or a value NaN or infinite", rule="codec-streams")
+            raise FormatError("topk: a class id out of range or a value NaN or infinite", rule=rules.CODEC_STREAMS)
         rest = (1.0 - values.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(classes - k, 1)
         probs = rest.expand(ids.shape[0], classes).clone()
         probs.scatter_(1, ids, values)
@@ -72,9 +72,9 @@ class TopK(Codec):
         ids = streams["ids"]
         if ids.size and int(ids.max()) >= classes:
             raise FormatError(f"topk: class id {int(ids.max())} out of range (classes={classes})",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         if not all_finite(np.asarray(streams["values"])):
-            raise FormatError("topk: a stored probability is NaN or infinite", rule="codec-streams")
+            raise FormatError("topk: a stored probability is NaN or infinite", rule=rules.CODEC_STREAMS)
 
     def decoded_kind(self, source_kind):
         return "probs"

@@ -39,6 +39,7 @@ import numpy as np
 
 from .._checks import check_int
 from ..errors import ConfigError, InputError, one_line
+from ..format import rules
 
 LAYOUTS = ("sre2l", "lpqld", "fkd")
 EXPORT_LAYOUTS = ("sre2l", "fkd")
@@ -585,9 +586,9 @@ def read_augment(source) -> tuple[dict, dict[str, np.ndarray]]:
                              f"(augment mode {record.get('mode') if isinstance(record, dict) else record!r})")
         layout = record.get("layout")
         if layout not in LAYOUTS:
-            raise FormatError(f"{c.path}: unknown augmentation layout {layout!r}", rule="section-content")
+            raise FormatError(f"{c.path}: unknown augmentation layout {layout!r}", rule=rules.SECTION_CONTENT)
         def bad(msg):
-            raise FormatError(f"{c.path}: explicit augmentation record: {msg}", rule="section-content")
+            raise FormatError(f"{c.path}: explicit augmentation record: {msg}", rule=rules.SECTION_CONTENT)
 
         expected = _FIELDS["fkd" if layout == "fkd" else "sre2l"]
         names_expected = sorted(f[0] for f in expected)
@@ -751,7 +752,7 @@ def _export_fkd(reader, record, fields, out, device, progress):
         start += views
         if not name or any(part in ("", ".", "..") for part in name.split("/")) or "\\" in name:
             raise FormatError(f"augment/files names {name!r}, which is not a plain relative path",
-                              rule="section-content")
+                              rule=rules.SECTION_CONTENT)
         if views:
             probs = reader.decode(np.arange(sl.start, sl.stop), device=device, as_="probs").cpu()
             values, ids = torch.sort(probs, dim=1, descending=True, stable=True)

@@ -11,7 +11,7 @@ torch = lazy_import("torch", globals())
 F = lazy_import("torch.nn.functional", globals(), "F")
 
 from ...errors import ConfigError, FormatError
-from ...format import limits
+from ...format import limits, rules
 from ..base import Codec, Context, Option, check_classes, check_decode_size, register
 from ..rules import Choice, Float, FloatList, Int
 from .config import (ARGMAX_BITS, MAX_CODEBOOK, MAX_CODES, MAX_DECODER_LAYERS, MAX_HIDDEN, MAX_MARGIN, TOP1_RANKS,
@@ -188,13 +188,13 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         cfg = self.config
         M, K, d, H, L = self.M, self.K, cfg["code_dim"], cfg["hidden"], cfg["decoder_layers"]
         if H is None:
-            raise FormatError("vq: the config does not name the decoder's hidden width", rule="codec")
+            raise FormatError("vq: the config does not name the decoder's hidden width", rule=rules.CODEC)
         if "b_out" not in params or not isinstance(params["b_out"], np.ndarray) or params["b_out"].ndim != 1:
-            raise FormatError("vq: parameter 'b_out' is missing or not a vector", rule="codec-params")
+            raise FormatError("vq: parameter 'b_out' is missing or not a vector", rule=rules.CODEC_PARAMS)
         C = int(params["b_out"].shape[0])
         if ctx.classes and ctx.classes != C:
             raise FormatError(f"vq: parameters are for {C} classes, the file has {ctx.classes}",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
         check_classes(self.codec_id, C)
         # every bound of the config was checked already (decoder_layers <= 64: a few shapes to list)
         want = _Decoder.shapes(C, M, K, d, H, L)
@@ -206,27 +206,27 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
             shape = ctx.label_shape
             if shape is None or len(shape) != 2:
                 raise FormatError("vq: image_bias needs labels shaped [images, augmentations, C]",
-                                  rule="codec-params")
+                                  rule=rules.CODEC_PARAMS)
             want = dict(want, image_bias=(int(shape[0]), C))
             augs = int(shape[1])
         if set(params) != set(want):
             raise FormatError(f"vq: parameters {sorted(params)} do not match the config "
-                              f"(expected {sorted(want)})", rule="codec-params")
+                              f"(expected {sorted(want)})", rule=rules.CODEC_PARAMS)
         pdt = np.dtype(cfg["param_dtype"])
         clean = {}
         for k, shp in want.items():
             a = params[k]
             if not isinstance(a, np.ndarray) or a.dtype != pdt or tuple(a.shape) != shp:
                 got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
-                raise FormatError(f"vq: parameter {k!r} is {got}, expected {pdt} {shp}", rule="codec-params")
+                raise FormatError(f"vq: parameter {k!r} is {got}, expected {pdt} {shp}", rule=rules.CODEC_PARAMS)
             if not np.isfinite(a).all():
-                raise FormatError(f"vq: parameter {k!r} has non-finite values", rule="codec-params")
+                raise FormatError(f"vq: parameter {k!r} has non-finite values", rule=rules.CODEC_PARAMS)
             clean[k] = np.ascontiguousarray(a)
         bound = logit_bound(clean, L, cfg["margin"])
         if not bound <= limits.VQ_MAX_LOGIT_BOUND:   # also catches NaN from inf * 0
             raise FormatError(f"vq: the decoder's weights allow logits up to {bound:.3g}, beyond the "
                               f"{limits.VQ_MAX_LOGIT_BOUND:g} a reader accepts (float32 would overflow)",
-                              rule="codec-params")
+                              rule=rules.CODEC_PARAMS)
         self._classes = C
         bias = clean.pop("image_bias", None)
         self._set_decoder(clean)
@@ -291,10 +291,10 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         codes, v = np.asarray(streams["codes"]), np.asarray(streams["top1"]).reshape(-1)
         if codes.size and int(codes.max()) >= self.K:
             raise FormatError(f"vq: code {int(codes.max())} out of range (codebook size {self.K})",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         if v.size and (int(v.max()) >= TOP1_RANKS + classes
                        or bool(((v >= classes) & (v < TOP1_RANKS)).any())):
-            raise FormatError("vq: top1 value out of range", rule="codec-streams")
+            raise FormatError("vq: top1 value out of range", rule=rules.CODEC_STREAMS)
 
     def decode(self, streams, ctx: Context):
         if self._dec is None:
@@ -306,11 +306,11 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         check_decode_size(self.codec_id, n, self._classes)
         if idx.shape != (n, self.M):
             raise FormatError(f"vq: codes stream is {list(idx.shape)}, expected [{n}, {self.M}]",
-                              rule="codec-streams")
+                              rule=rules.CODEC_STREAMS)
         if n and not ctx.streams_checked and (int(idx.min()) < 0 or int(idx.max()) >= self.K
                   or int(v.min()) < 0 or int(v.max()) >= TOP1_RANKS + self._classes
                   or bool(((v >= self._classes) & (v < TOP1_RANKS)).any())):
-            raise FormatError("vq: stream value out of range", rule="codec-streams")
+            raise FormatError("vq: stream value out of range", rule=rules.CODEC_STREAMS)
         fast = self._fast_for(dev)
         out = torch.empty((n, self._classes), dtype=torch.float32, device=dev)
         br = self._batch_rows()

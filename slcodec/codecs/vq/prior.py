@@ -10,6 +10,7 @@ torch = lazy_import("torch", globals())
 F = lazy_import("torch.nn.functional", globals(), "F")
 
 from ...errors import ConfigError, FormatError
+from ...format import rules
 from ..base import Context
 from .config import IMAGE_BIAS_MAX_BITS
 
@@ -77,5 +78,5 @@ class ImagePriorMixin:
             table = self._bias_dev[key] = self._bias.to(dev)
         img = torch.as_tensor(np.asarray(rows, dtype=np.int64) // self._augs)
         if img.numel() and (int(img.min()) < 0 or int(img.max()) >= table.shape[0]):
-            raise FormatError("vq: label index outside the image_bias table", rule="codec-params")
+            raise FormatError("vq: label index outside the image_bias table", rule=rules.CODEC_PARAMS)
         return table[img.to(dev)]
