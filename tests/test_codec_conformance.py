@@ -6,7 +6,8 @@ golden files (the tiny configs fitted here are the ones its golden files store):
 * config: ``from_config(get_config())`` rebuilds an equal codec with the same repr; the config is
   msgpack-able (the header stores it); the repr is the constructor call; changing one option
   makes a codec unequal;
-* encode/decode on tiny real labels (the committed EfficientNet-Lite0 fixture): the streams are
+* encode/decode on tiny real labels (the committed EfficientNet-Lite0 fixture, as logits and as
+  probabilities): the streams are
   exactly the declared ``stream_specs`` (names, dtypes, widths, one row per label), the params are
   storable arrays, the codec's own stream check accepts them; a codec rebuilt from config and
   params alone (as a reader has it) decodes float32 ``[n, C]``, finite, the same as the fitted
@@ -76,15 +77,15 @@ def labels():
     return x.reshape(-1, x.shape[-1])
 
 
-def fitted(codec_id, config, x, seed=0):
+def fitted(codec_id, config, x, seed=0, kind="logits"):
     """The codec built from ``config`` and fitted on ``x`` as the writer does it (whole-input
     statistics first when the codec asks for them), and its context."""
     codec = get_codec_class(codec_id).from_config(config)
     classes = x.shape[1]
-    ctx = Context(source_kind="logits", classes=classes, seed=seed, label_shape=SHAPE)
+    ctx = Context(source_kind=kind, classes=classes, seed=seed, label_shape=SHAPE)
     wanted = codec.fit_statistics(SHAPE, classes)
     with RowReader(x) as reader:
-        for name, value in compute_fit_statistics(wanted, reader, SHAPE, "logits", 64, 0, x.shape[0]).items():
+        for name, value in compute_fit_statistics(wanted, reader, SHAPE, kind, 64, 0, x.shape[0]).items():
             codec.set_fit_statistic(name, value)
     ctx.rows = np.arange(x.shape[0], dtype=np.int64)
     codec.fit(torch.from_numpy(x), ctx)
@@ -167,11 +168,17 @@ def test_config_round_trip_equality_and_repr(codec_id):
 
 
 # --------------------------------------------------------------------------- encode / decode
-@pytest.mark.parametrize("codec_id, config", cases())
-def test_encode_decode_shapes_and_dtypes(codec_id, config, labels):
-    x = labels
+def kind_cases():
+    """Every case with logits in; each codec's first config with probabilities in too."""
+    return [pytest.param(*c.values, "logits", id=c.id + "-logits") for c in cases()] + \
+        [pytest.param(cid, tiny_configs(cid)[0], "probs", id=f"{cid}-0-probs") for cid in CODECS]
+
+
+@pytest.mark.parametrize("codec_id, config, kind", kind_cases())
+def test_encode_decode_shapes_and_dtypes(codec_id, config, kind, labels):
+    x = labels if kind == "logits" else torch.softmax(torch.from_numpy(labels), 1).numpy()
     n, classes = x.shape
-    codec, ctx = fitted(codec_id, config, x)
+    codec, ctx = fitted(codec_id, config, x, kind=kind)
     specs = codec.stream_specs(classes)
     streams = encoded(codec, ctx, x)
     assert set(streams) == set(specs)
@@ -186,15 +193,15 @@ def test_encode_decode_shapes_and_dtypes(codec_id, config, labels):
 
     # what a reader has: the stored config and params, nothing fitted
     reader_codec = get_codec_class(codec_id).from_config(codec.get_config())
-    reader_ctx = Context(source_kind="logits", classes=classes, label_shape=SHAPE)
+    reader_ctx = Context(source_kind=kind, classes=classes, label_shape=SHAPE)
     reader_codec.set_params(params, reader_ctx)
     assert reader_codec == codec
     rows = np.arange(n)
     out = decoded(reader_codec, reader_ctx, streams, rows)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and tuple(out.shape) == (n, classes)
     assert out.device.type == "cpu" and bool(torch.isfinite(out).all())
-    assert codec.decoded_kind("logits") in ("logits", "probs")
-    if codec.decoded_kind("logits") == "probs":
+    assert codec.decoded_kind(kind) in ("logits", "probs")
+    if codec.decoded_kind(kind) == "probs":
         torch.testing.assert_close(out.sum(1), torch.ones(n), rtol=0, atol=1e-3)
     assert torch.equal(out, decoded(codec, ctx, streams, rows))
     some = np.array([n - 1, 3, 0, 9])               # random access, any order
