@@ -7,12 +7,12 @@ golden files (the tiny configs fitted here are the ones its golden files store):
   msgpack-able (the header stores it); the repr is the constructor call; changing one option
   makes a codec unequal;
 * encode/decode on tiny real labels (the committed EfficientNet-Lite0 fixture, as logits and as
-  probabilities): the streams are
-  exactly the declared ``stream_specs`` (names, dtypes, widths, one row per label), the params are
-  storable arrays, the codec's own stream check accepts them; a codec rebuilt from config and
-  params alone (as a reader has it) decodes float32 ``[n, C]``, finite, the same as the fitted
-  one, and any subset of rows decodes to the same rows;
-* determinism: two fits and encodes give the same bytes, and so do two whole files;
+  probabilities): the streams are exactly the declared ``stream_specs`` (names, dtypes, widths,
+  one row per label), the params are storable arrays, the codec's own stream check accepts them;
+  a codec rebuilt from config and params alone (as a reader has it) decodes float32 ``[n, C]``,
+  finite, the same as the fitted one, and any subset of rows decodes to the same rows;
+* determinism: two fits and encodes give the same bytes, and so do two whole files (but for the
+  times the writer records in ``codec.info``);
 * golden files exist for the codec and decode to their committed output;
 * hostile config values, derived from each option's rule (just outside its bounds, NaN and
   infinities, another type, ...): ConfigError from ``from_config``, FormatError (rule ``codec``)
