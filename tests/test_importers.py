@@ -18,7 +18,8 @@ import slcodec
 from slcodec.cli import commands as cli
 from slcodec.format.container import Container
 from slcodec.errors import ConfigError, InputError
-from slcodec.frameworks.importers import export_folder, grid_scale, import_folder, load_file, read_augment
+from slcodec.frameworks.fields import grid_scale
+from slcodec.frameworks.importers import export_folder, import_folder, load_file, read_augment
 from slcodec.format.stats import file_stats
 
 C = 10
