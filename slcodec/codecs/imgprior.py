@@ -2,7 +2,7 @@
 where the view differs from its image most.
 
 In dataset distillation every image has hundreds of views, and they share most of their label
-(Fashion-MNIST IPC 10: 93% of the logit variance is between images; ImageNet crops: 76%).  This
+(most of the logit variance is between images on the benchmark sets).  This
 codec stores, for every image g, its mean log-probabilities over all its views ``m_g`` ``[C]``
 (one byte per class), and for every view the ``residual_k`` classes whose log-probability the
 prior gets most wrong, each as a one-byte step from the prior, plus one byte that shifts every

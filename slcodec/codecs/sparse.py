@@ -21,9 +21,8 @@ Parameters
     ``u_c = round((max log w - log w_c) / prior_step)`` clipped to 0..15, class ``2i`` in the low
     nibble of byte i and class ``2i + 1`` in the high one (a zero high nibble when C is odd),
     where ``w_c`` is the probability mass class c receives on the fit sample outside each
-    label's own top k; ``log w_c`` decodes as ``-u_c * prior_step``. Measured on word 3-gram
-    labels (k = 1): 4 bits at 1 nat give KL 0.955 against 0.928 for the exact prior and 3.08
-    for FKD's even spread, at half the bytes of 8 bits.
+    label's own top k; ``log w_c`` decodes as ``-u_c * prior_step`` (4-bit levels: half the bytes of 8 bits
+    for nearly the exact prior's fidelity on the word 3-gram set, BENCHMARKS.md section 3).
 
     With ``prior_classes`` P (format 1.3; for small files, where C / 2 bytes are many bits per
     label): ``prior_ids`` ``[P]`` (the ``ids`` dtype, strictly increasing) lists the P classes

@@ -25,8 +25,8 @@ first maximum is not c (rank > 0 or escape symbols), ``top1_rule="lift"`` (the d
 rule of files written before the option existed) sets ``logit[c] = max(logits) + margin``;
 ``top1_rule="swap"`` instead exchanges ``logit[c]`` with the decoder's maximum (keeping the
 decoder's confidence, now on c) and then lifts ``logit[c]`` to at least the largest other
-logit + ``margin``.  Measured on the 12,000 ImageNet labels, swap was slightly worse (KL 0.0559 /
-0.00445 at T=1/4 against 0.0497 / 0.00423, 45.4 against 43.2 bits), so lift stays the default;
+logit + ``margin``.  On real ImageNet labels swap was slightly worse on both bits and KL (BENCHMARKS.md, section 1),
+so lift stays the default;
 where it is (symbol 0), c already leads every other logit by at least ``2e-4 * (1 + |z_c|)``.
 Training applies the same rule with the true classes, so the network learns what decoding does.
 
@@ -40,8 +40,8 @@ Larger code spaces run the network per batch (a [batch, hidden] x [hidden, C] GE
 
 Image prior (``image_bias``, format 1.2)
 ---------------------------------------
-Views of one image share most of their label (Fashion-MNIST IPC 10: 93% of the logit variance
-is between images; ImageNet crops: 76%).  With ``image_bias="on"`` the file stores each image's
+Views of one image share most of their label (most of the logit variance is between images
+on the benchmark sets).  With ``image_bias="on"`` the file stores each image's
 mean log-probabilities ``image_bias [images, C]`` (param_dtype); the encoder sees a label minus
 its image's row and the decoder's logits get that row added back, so the codes only describe
 the view.  The table costs ``16 * C / A`` bits per label (A views per image): ``auto`` (the
@@ -82,9 +82,7 @@ Large vocabularies: ``encoder_input="topk"`` (the default ``auto`` picks it when
 C > 4096) feeds the encoder an embedding-bag of the ``topk_input`` best classes weighted by
 their log-probability above the k-th, plus their sorted values, so no dense C x hidden
 matrix is multiplied per label.  The decoder's output layer is inherently ``hidden x C``.
-Measured on the 2 shared CPU cores with synthetic C=50,000 labels, hidden=128 (both dominated by
-O(C) passes per label - topk, the output GEMM, the top-1 check): encode ~600 labels/s, decode
-~2,000 labels/s, fit ~1.8 s per step at batch 256, fixed part 13 MB (float16); encode/decode
+Such sets are dominated by O(C) passes per label (the top-k, the output GEMM, the top-1 check); encode/decode
 batches are capped at 64 MiB of float32 logits.
 """
 # The package is split by concern: config (constants, rate control), top1 (the argmax guarantee),

@@ -46,7 +46,7 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         Option("code_dim", int, 8, "dimension of each latent vector / codebook entry",
                rule=Int(1, 1024)),
         Option("hidden", _opt_int, None, "decoder (and encoder) hidden width (default: 256 for >= 256 "
-               "classes, 64 below: measured on Fashion-MNIST, C=10, a 256-wide decoder costs more than the labels)",
+               "classes, 64 below, where a wide decoder would cost more than the labels)",
                rule=Int(1, MAX_HIDDEN, optional=True)),
         Option("encoder_hidden", _opt_int, None, "encoder hidden width (not stored; default: hidden)",
                rule=Int(1, MAX_HIDDEN, optional=True)),
