@@ -75,7 +75,7 @@ def candidates(classes: int, images: bool) -> list[tuple[str, dict]]:
     out = []
     if classes <= 256:  # one byte-ish per class value: only worth it at small C
         out += [("sq", {"bits_per_class": b}) for b in (2, 3, 4, 5, 6)]
-    ks = [k for k in (1, 2, 4, 8, 16, 32) if k < classes]
+    ks = [k for k in (1, 2, 4, 8, 12, 16, 24, 32) if k < classes]
     if images:
         out += [("imgprior", {"residual_k": k}) for k in [0] + ks]
     out += [("sparse", {"k": k}) for k in ks]
