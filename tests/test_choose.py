@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli.commands import main
+from slcodec.cli import main
 from slcodec.pipeline import choose as ch
 from slcodec.pipeline.inputs import as_source
 
@@ -142,3 +142,13 @@ def test_python_api_max_kl_and_max_bits(tmp_path):
     assert not (tmp_path / "no.vqsl").exists()
     with pytest.raises(slcodec.ConfigError, match="without codec"):
         slcodec.encode(x, tmp_path / "no.vqsl", codec="topk", max_kl=0.5)
+
+
+def test_fidelity_of_a_large_set_is_measured_on_a_random_sample_and_says_so(cli, tmp_path, monkeypatch):
+    assert ch.FIDELITY_SAMPLE >= 20_000
+    monkeypatch.setattr(ch, "FIDELITY_ALL_BYTES", 1000)   # the fixture "does not fit"
+    monkeypatch.setattr(ch, "FIDELITY_SAMPLE", 100)
+    out = tmp_path / "s.vqsl"
+    rc, _, err = cli("encode", FIXTURE, "-o", out, "--codec", "topk", "--k", "5")
+    assert rc == 0, err
+    assert "fidelity on a random sample of 100 of 512 labels: " in err.strip().splitlines()[-1]
