@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -60,6 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--vq-fit", action="store_true", help="also time today's default, --codec vq")
     ap.add_argument("--singles", default=None, help="JSON list of [codec, options] (default: SINGLES)")
+    ap.add_argument("--noflag-json", default=None,
+                    help="the --json summary of a no-flag encode of INPUT already run (its seconds are the "
+                         "encode's own, without interpreter start) instead of running it again")
     args = ap.parse_args(argv)
     singles = json.loads(args.singles) if args.singles else SINGLES
     src = load_labels(args.input)
@@ -67,7 +69,11 @@ def main(argv=None) -> int:
     temps = [t for _, t in ch.DEFAULT_TARGET]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        summary, sec = cli_encode(args.input, os.path.join(tmp, "noflag.vqsl"))
+        if args.noflag_json:
+            summary = json.loads(Path(args.noflag_json).read_text())
+            sec = summary["seconds"]
+        else:
+            summary, sec = cli_encode(args.input, os.path.join(tmp, "noflag.vqsl"))
         rows.append({"method": "no flags (chosen)", "codec": summary["codec"], "config": summary["codec_config"],
                      "bits_per_label": summary["bits_per_label"], "fidelity": summary["fidelity"],
                      "seconds": sec, "missed": summary["missed"]})

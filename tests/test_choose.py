@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import slcodec
 from slcodec.cli import main

@@ -438,5 +438,6 @@ def choose_codec(src, max_kl=None, max_bits=None, *, allow_top1_loss: bool = Fal
     return choice
 
 
-__all__ = ["choose", "choose_codec", "candidates", "parse_max_kl", "default_budget", "written_fidelity", "fidelity_line",
+__all__ = ["choose", "choose_codec", "candidates", "parse_max_kl", "default_budget", "written_fidelity",
+           "fidelity_line",
            "Choice", "Trial", "DEFAULT_TARGET"]
