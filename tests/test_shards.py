@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 from slcodec.format import shards
 from slcodec.format.container import FLAG_EXTERNAL_PARAMS, FLAG_MANIFEST, Container, ContainerWriter, StreamBuilder
 from slcodec.errors import FormatError
@@ -364,7 +364,7 @@ DIST_SCRIPT = r"""
 import sys, numpy as np
 import torch.distributed as dist
 import slcodec.distributed as d
-from slcodec.cli import commands as cli
+from slcodec import cli
 dist.init_process_group("gloo")   # joined by every call below (as a training script would)
 x = np.load(sys.argv[2])[:3]
 if dist.get_rank() == 0:
@@ -453,10 +453,13 @@ dist.init_process_group("gloo")
 x = np.load(sys.argv[2])[:3]
 try:
     d.encode(x, sys.argv[1] + "/nan-dist.vqsl", codec="test-nan")
+    rc = 5
 except ConfigError as exc:
     print("REFUSED:", exc)
-    sys.exit(0)
-sys.exit(5)
+    rc = 0
+dist.barrier()   # both ranks got here: neither leaves while the other still reads from it
+dist.destroy_process_group()
+sys.exit(rc)
 """
 
 
