@@ -90,7 +90,7 @@ _PARSER = []
 
 
 def _cli(argv) -> int:
-    """``slcodec ARGV``'s exit code, as slcodec.cli.commands.main gives it, with the parser built once
+    """``slcodec ARGV``'s exit code, as slcodec.cli.main gives it, with the parser built once
     (argparse takes ~25 ms to build it) and internal errors raised rather than printed."""
     from slcodec.cli import build_parser
     from slcodec.errors import SlcodecError

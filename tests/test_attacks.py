@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 from slcodec.format.container import Container, ContainerWriter, StreamBuilder
 from slcodec.errors import FormatError
 

@@ -344,7 +344,7 @@ def test_train_student_example_explains_its_columns():
 
 
 def test_busy_machine_note_only_when_threads_would_fight_for_busy_cores():
-    from slcodec.cli.commands import busy_machine_note
+    from slcodec.cli.reports import busy_machine_note
     note = busy_machine_note(0, 2, 12.0, 2)
     assert note and "--fit-threads 1" in note and "12.0" in note
     assert busy_machine_note(0, 2, 0.3, 2) is None          # idle cores: torch's count is the right one
@@ -356,12 +356,12 @@ def test_busy_machine_note_only_when_threads_would_fight_for_busy_cores():
 
 @pytest.mark.parametrize("name, rc, words", [("torch", 2, "needs torch"), ("slcodec.pipeline.writer", 3, "internal error")])
 def test_an_import_error_names_a_missing_dependency_but_not_our_own_bug(monkeypatch, capsys, name, rc, words):
-    from slcodec.cli import commands
+    from slcodec.cli import commands, main
 
     def broken(args):
         raise ImportError(f"cannot import {name}", name=name)
     monkeypatch.setattr(commands, "cmd_info", broken)
     monkeypatch.delenv("SLCODEC_DEBUG", raising=False)
-    assert commands.main(["info", os.path.join(GOLDEN, "v1.0-fp16-logits.vqsl")]) == rc
+    assert main(["info", os.path.join(GOLDEN, "v1.0-fp16-logits.vqsl")]) == rc
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slcodec._checks import check_int
-from slcodec.cli.commands import main
+from slcodec.cli import main
 from slcodec.errors import ConfigError, InputError, one_line
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "spec", "golden")
 MANIFEST = json.load(open(os.path.join(GOLDEN, "MANIFEST.json")))

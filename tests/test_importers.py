@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 from slcodec.format.container import Container
 from slcodec.errors import ConfigError, InputError
 from slcodec.frameworks.fields import grid_scale

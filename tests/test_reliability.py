@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 from slcodec.format.container import Container
 from slcodec.errors import FormatError
 

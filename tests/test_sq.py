@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli import commands as cli
+from slcodec import cli
 from slcodec.codecs.base import Context
 from slcodec.codecs.sq import ScalarQuantCodec, bin_centroids, fit_edges
 from slcodec.format.container import Container, ContainerWriter, StreamBuilder
