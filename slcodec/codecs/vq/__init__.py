@@ -48,7 +48,7 @@ the view.  The table costs ``16 * C / A`` bits per label (A views per image): ``
 default) turns it on for ``[images, A, C]`` sets where that is <= 1 bit (C = 10, A = 300:
 0.53 bits), off otherwise and for flat ``[N, C]`` sets.  It needs every image's mean over *all*
 its labels before fitting: :func:`slcodec.encode` makes one extra pass over the input for it;
-a :class:`slcodec.Writer` user calls ``set_image_means`` (``slcodec.pipeline.writer.image_mean_log_probs``).
+a :class:`slcodec.Writer` user calls ``set_image_means`` (``slcodec.pipeline.statistics.image_mean_log_probs``).
 Encoding and decoding need the labels' global indices (``Context.rows``; Writer and Reader pass them).
 
 Rate control
