@@ -19,7 +19,7 @@ runs of BENCHMARKS.md section 12, all with ``--source slcodec/data/lite0_8x64_fp
 Speeds are reported in wall time and in CPU seconds of the process (all threads): on shared
 cores the CPU time is what the work costs; ``--threads`` defaults to 1 for that reason.
 
-The labels (no 15M-label set of real teacher output fits on this disk as FP16: 30 GB) come from
+The labels (15M labels of real teacher output would be 30 GB of FP16, too much to write here) come from
 a generator of real labels: a real teacher corpus (``--source``; by default the first that
 exists of ``benchmarks/.cache/corpus_full.npy``, ``corpus_small.npy`` (issue 14:
 EfficientNet-Lite0 on seeded views of recovered images), ``lite0_40x300.npy``, and the fixture
