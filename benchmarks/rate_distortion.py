@@ -203,7 +203,7 @@ def run_vq(ds: dict, configs, tmp: str, log, skip=()) -> list[dict]:
         codec = get_codec_class(codec_id)(**opts)
         ctx = Context(source_kind="logits", classes=C, device="cpu", seed=0)
         fit_shape = ds["parts"]["fit"][1]
-        if ds.get("fit_is_all") and codec_id == "vq" and codec.wants_image_means(fit_shape, C):
+        if ds.get("fit_is_all") and codec_id == "vq" and "image_mean_log_probs" in codec.fit_statistics(fit_shape, C):
             # the image prior is per image: only where the fitted part is the whole reported set
             with RowReader(ds["fit"]) as rr:
                 codec.set_image_means(image_mean_log_probs(rr, fit_shape, "logits"))

@@ -100,22 +100,12 @@ class Codec(ABC):
     def fit_statistics(self, label_shape, classes: int) -> tuple[str, ...]:
         """Names of the whole-input statistics (``slcodec.pipeline.statistics``) this codec wants
         before fitting a set of this leading shape; the pipeline computes each over every label and
-        hands it to :meth:`set_fit_statistic`.  Default: the image means when the codec still
-        implements the older :meth:`wants_image_means` pair (``vq`` until it moves to this hook)."""
-        return ("image_mean_log_probs",) if self.wants_image_means(label_shape, classes) else ()
+        hands it to :meth:`set_fit_statistic`.  Default: none."""
+        return ()
 
     def set_fit_statistic(self, name: str, value: np.ndarray) -> None:
         """Receive the statistic ``name`` of the whole input (one that :meth:`fit_statistics` asked for)."""
-        if name == "image_mean_log_probs":
-            return self.set_image_means(value)
         raise ConfigError(f"codec {self.codec_id!r} does not use the input statistic {name!r}")
-
-    # the older, image-means-only form of the two hooks above (still implemented by vq)
-    def wants_image_means(self, label_shape, classes: int) -> bool:
-        return False
-
-    def set_image_means(self, means: np.ndarray) -> None:
-        raise ConfigError(f"codec {self.codec_id!r} does not use per-image statistics")
 
     @classmethod
     def from_config(cls, config: dict) -> "Codec":

@@ -23,6 +23,14 @@ class ImagePriorMixin:
         return (label_shape is not None and len(label_shape) == 2
                 and 16.0 * classes / int(label_shape[1]) <= IMAGE_BIAS_MAX_BITS)
 
+    def fit_statistics(self, label_shape, classes):
+        return ("image_mean_log_probs",) if self.wants_image_means(label_shape, classes) else ()
+
+    def set_fit_statistic(self, name, value):
+        if name != "image_mean_log_probs":
+            return super().set_fit_statistic(name, value)
+        self.set_image_means(value)
+
     def wants_image_means(self, label_shape, classes):
         m = self.config["image_bias"]
         return m == "on" or (m == "auto" and self._image_bias_worth(label_shape, classes))
