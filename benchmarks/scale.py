@@ -859,11 +859,12 @@ def cmd_wide(args):
             rates = []
             for rep in range(args.repeats):
                 calls = max(1, 8192 // bs)
-                idxs = [np.sort(rng.choice(n, bs, replace=False)) for _ in range(calls)]
+                idxs = [np.sort(rng.choice(n, min(bs, n), replace=False)) for _ in range(calls)]
                 t0, c0 = time.perf_counter(), time.process_time()
                 for ix in idxs:
                     r.decode(ix, as_="probs", temperature=4.0)
-                rates.append((calls * bs / (time.perf_counter() - t0), calls * bs / (time.process_time() - c0)))
+                got = calls * min(bs, n)
+                rates.append((got / (time.perf_counter() - t0), got / (time.process_time() - c0)))
             dec[bs] = {"labels_per_s": statistics.median(r[0] for r in rates),
                        "labels_per_cpu_s": statistics.median(r[1] for r in rates), "all": rates}
             print(f"decode batch {bs}: {dec[bs]['labels_per_s']:,.0f} labels/s "
