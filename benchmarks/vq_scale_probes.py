@@ -202,6 +202,35 @@ def section_bytes(st: dict, name: str) -> int:
     return sum(e["bytes"] for e in st["sections"] if e["name"] == name)
 
 
+def markdown(rows: list[dict]) -> str:
+    out = []
+    for part in dict.fromkeys(r["part"] for r in rows):
+        pr = [r for r in rows if r["part"] == part]
+        out += [f"#### {part}: {pr[0]['labels']:,} labels", "",
+                "| config | M x K | bits/label all counted | marginal | decoder | image table | projected 1000x300 "
+                "| KL T=1 | KL T=4 | top-1 | top-5 |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in pr:
+            out.append(f"| {r['config']} | {r['M']} x {r['K']} | {r['bits_all']:.1f} | {r['marginal_bits']:.1f} | "
+                       f"{r['decoder_bits_per_label']:.1f} | {r['image_table_bits_per_label']:.1f} | "
+                       f"{r['projected_bits_1000x300']:.1f} | {r['kl_T1']:.3f} | {r['kl_T4']:.4f} | "
+                       f"{r['top1'] * 100:.1f}% | {r['top5']:.3f} |")
+        out += ["", "Index streams, bits per label (ideal code lengths; tables counted; zstd = today's sections):", "",
+                "| config | codes: zstd | H0 | img-static | img-adapt | prev-adapt "
+                "| top1: zstd | H0 | img-static | img-adapt | prev-adapt | saving vs zstd (best, both) |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in pr:
+            cs = [r[f"codes {k}"] for k in ("H0", "img-static", "img-adapt", "prev-adapt")]
+            ts = [r[f"top1 {k}"] for k in ("H0", "img-static", "img-adapt", "prev-adapt")]
+            zs = r["codes_zstd_bits"] + r["top1_zstd_bits"]
+            best = min(cs) + min(ts)
+            out.append(f"| {r['config']} | {r['codes_zstd_bits']:.2f} | " + " | ".join(f"{v:.2f}" for v in cs)
+                       + f" | {r['top1_zstd_bits']:.2f} | " + " | ".join(f"{v:.2f}" for v in ts)
+                       + f" | {zs - best:.2f} ({(zs - best) / zs * 100:.0f}%) |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -212,8 +241,23 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prototypes", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--bits", type=float, nargs="+", default=[24.0, 48.0, 96.0])
-    ap.add_argument("--only", nargs="+", default=None, help="only configs whose label starts with one of these")
+    ap.add_argument("--only", nargs="+", default=None, help="only the configs with these exact labels")
+    ap.add_argument("--render", action="store_true", help="only write <out>.md from an existing <out>.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="only join the rows of these JSONs (runs split by --only) into <out>.json and .md")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        meta = dict(parts[0]["meta"], commands=[p["meta"]["command"] for p in parts],
+                    seconds=[p["meta"]["seconds"] for p in parts])
+        meta.pop("command", None)
+        Path(str(args.out) + ".json").write_text(
+            json.dumps({"meta": meta, "rows": [r for p in parts for r in p["rows"]]}, indent=1) + "\n")
+        args.render = True
+    if args.render:
+        rows = json.loads(Path(str(args.out) + ".json").read_text())["rows"]
+        Path(str(args.out) + ".md").write_text(markdown(rows))
+        return 0
     torch.set_num_threads(args.threads)
     x = np.load(args.corpus, mmap_mode="r", allow_pickle=False)
     if x.ndim != 3:
@@ -233,7 +277,7 @@ def main(argv=None) -> int:
     configs += [(f"vq bits=48 prototypes P={p}", dict(base, bits=48.0, image_bias="on"), "protos", p)
                 for p in args.prototypes]
     if args.only:
-        configs = [c for c in configs if any(c[0].startswith(o) for o in args.only)]
+        configs = [c for c in configs if c[0] in args.only]
     rows = []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,6 +336,7 @@ def main(argv=None) -> int:
             "slcodec": slcodec.__version__, "seconds": round(time.perf_counter() - t_start, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(args.out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    Path(str(args.out) + ".md").write_text(markdown(rows))
     return 0
 
 
