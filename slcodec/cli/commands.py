@@ -1,12 +1,13 @@
 """The commands of the command line (``cmd_*``): thin shells over the Python API."""
 from __future__ import annotations
+
 import json
 import os
 import sys
 import tempfile
 import time
 from ..errors import FormatError
-from .reports import INFO_JSON_ONLY, busy_machine_note, load_average, progress_printer, small_set_hint, stats_of
+from .reports import INFO_JSON_ONLY, busy_machine_note, load_average, print_encode_summary, progress_printer, stats_of
 from .usage import EXIT_INVALID, EXIT_OK, UsageError
 
 
@@ -112,23 +113,7 @@ def cmd_encode(args):
                                  f"no file written; --best-effort writes it")
             os.replace(output, args.output)
     elapsed = time.perf_counter() - t0
-    if args.json:
-        print(json.dumps(ch.encode_summary(args.output, stats_of(args.output), fid, choice, required, budget,
-                                           args.allow_top1_loss, elapsed), indent=2, sort_keys=True))
-    if not args.quiet:
-        from ..format.stats import format_config, format_ratio
-        s = stats_of(args.output)
-        r = s["baselines"]["fp16"]["ratio"]
-        than_fp16 = f"{format_ratio(r)} smaller than FP16" if r >= 1 else f"{format_ratio(1 / r)} larger than FP16"
-        print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
-              f"({s['marginal_bits_per_label']:.2f} in label streams), {than_fp16}, codec {codec_id}, "
-              f"{elapsed:.1f} s", file=sys.stderr)
-        print(f"codec {codec_id} as written: {format_config(s['codec_resolved_config'])}", file=sys.stderr)
-        hint = None if choosing else small_set_hint(codec_id, config, s)
-        if hint:
-            print(hint, file=sys.stderr)
-        print(ch.fidelity_line(fid, ch.choice_text(choice, codec_id, s, required, budget, args.allow_top1_loss, fid)),
-              file=sys.stderr)
+    print_encode_summary(args, codec_id, config, choosing, choice, fid, required, budget, elapsed)
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ Exit codes: 0 success; 1 ``verify`` found a damaged or invalid file; 2 bad input
 arguments or an unreadable file (one line on stderr, no traceback); 3 an internal error.
 """
 from __future__ import annotations
+
 import os
 import sys
 from ..errors import SlcodecError, one_line

@@ -65,6 +65,8 @@ def command_of(argv) -> str | None:
 
 
 def build_parser(codec_options: bool = True):
+    # One declarative listing of every command and option (no logic): long because the command
+    # line is wide, and kept in one piece so that its whole surface reads in one place.
     """The parser; ``codec_options=False`` leaves out the options of encode and import, whose
     building loads every codec's module (main() does so for the other commands, to start fast)."""
     p = Parser(prog="slcodec", description="Storage codec for the soft labels of dataset distillation.")

@@ -1,5 +1,7 @@
 """What the command line prints beyond the Python API's results: progress bars, notes, summaries."""
 from __future__ import annotations
+
+import json
 import os
 import sys
 
@@ -88,3 +90,27 @@ def stats_of(path) -> dict:
 
 #: fit-info entries too long to read on a line; `info --json` has them
 INFO_JSON_ONLY = ("loss_history",)
+
+
+def print_encode_summary(args, codec_id, config, choosing, choice, fid, required, budget, elapsed) -> None:
+    """What ``slcodec encode`` prints once the file is written: the JSON summary (``--json``) and,
+    unless ``--quiet``, the size line, the resolved configuration, a hint for small sets and the
+    fidelity measured on the labels written."""
+    from ..pipeline import choose as ch
+    if args.json:
+        print(json.dumps(ch.encode_summary(args.output, stats_of(args.output), fid, choice, required, budget,
+                                           args.allow_top1_loss, elapsed), indent=2, sort_keys=True))
+    if not args.quiet:
+        from ..format.stats import format_config, format_ratio
+        s = stats_of(args.output)
+        r = s["baselines"]["fp16"]["ratio"]
+        than_fp16 = f"{format_ratio(r)} smaller than FP16" if r >= 1 else f"{format_ratio(1 / r)} larger than FP16"
+        print(f"wrote {args.output}: {s['file_bytes']:,} bytes, {s['bits_per_label']:.2f} bits/label "
+              f"({s['marginal_bits_per_label']:.2f} in label streams), {than_fp16}, codec {codec_id}, "
+              f"{elapsed:.1f} s", file=sys.stderr)
+        print(f"codec {codec_id} as written: {format_config(s['codec_resolved_config'])}", file=sys.stderr)
+        hint = None if choosing else small_set_hint(codec_id, config, s)
+        if hint:
+            print(hint, file=sys.stderr)
+        print(ch.fidelity_line(fid, ch.choice_text(choice, codec_id, s, required, budget, args.allow_top1_loss, fid)),
+              file=sys.stderr)

@@ -1,5 +1,6 @@
 """The command line's exit codes and its usage error (one line, exit 2, like every other bad input)."""
 from __future__ import annotations
+
 import argparse
 from ..errors import SlcodecError
 
