@@ -102,11 +102,11 @@ def measure(path: str, ref: np.ndarray) -> dict:
             "marginal_bits": st["marginal_bits_per_label"], **m}
 
 
-def run_all_part(src: Path, ref: np.ndarray, only, log) -> list[dict]:
+def run_all_part(src: Path, ref: np.ndarray, only, log, configs=None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for codec, label, opts in CODECS:
-            if only and codec not in only:
+            if (only and codec not in only) or (configs and label not in configs):
                 continue
             path = os.path.join(tmp, "f.vqsl")
             sec, rss = encode_in_child(src, path, codec, opts)
@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output stem: writes <out>.json and <out>.md")
     ap.add_argument("--only", nargs="+", default=None, help="only these codecs / baselines")
     ap.add_argument("--heldout", action="store_true", help="also the held-out-images part")
+    ap.add_argument("--configs", nargs="+", default=None, help="only the slcodec configurations with these labels")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of an existing <out>.json that this run does not redo")
     ap.add_argument("--threads", type=int, default=2)
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
               f"KL {r['kl_T1']:.4f} / {r['kl_T4']:.5f} / {r['kl_T20']:.6f}  top1 {r['top1']:.4f}  "
               f"top5 {r['top5']:.3f}  [{r['encode_s']:.1f}s]", flush=True)
 
-    rows = run_all_part(args.corpus, ref, only, log)
+    rows = run_all_part(args.corpus, ref, only, log, set(args.configs) if args.configs else None)
     if args.heldout:
         rows += run_heldout_part(np.asarray(x, dtype=np.float32), only, log)
     out_json = Path(str(args.out) + ".json")
