@@ -49,6 +49,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -419,8 +420,10 @@ def finish(args, name: str, batches, store: ImageStore, work: Path, teacher: Tea
                        "one image per class (IPC 1); layout [image, view, class], image i is class classes[i]",
         "file": out.name, "shape": list(labels.shape), "dtype": "float16", "values": "logits",
         "sha256": sha256_file(out), "classes": classes.tolist() if len(classes) < NUM_CLASSES else "0..999",
-        "images_file": os.path.relpath(store.path, HERE.parents[1]), "images_sha256": sha256_file(store.path),
-        "images_bytes": store.path.stat().st_size, "images_in_file": len(store.classes),
+        "images_file": os.path.relpath(store.path, HERE.parents[1]),
+        # of these images' pixels (uint8 [n, res, res, 3] in class order): stays valid while the file grows
+        "images_pixels_sha256": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
+        "images_file_bytes": store.path.stat().st_size, "images_in_file": len(store.classes),
         "image_sources": store.sources,
         "teacher": {"name": TEACHER, "weights": os.path.basename(weights_path()),
                     "weights_sha256": sha256_file(weights_path()),
