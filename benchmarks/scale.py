@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -389,6 +388,23 @@ class StepClock:
                 "outside_steps_s": fit_seconds - (float(self.times[-1] - self.times[0]) + step)}
 
 
+def time_assignment(w):
+    """Wrap the writer's codec.encode so that assignment alone is timed (the rest of append is
+    chunking, zstd and spooling); returns the [wall s, CPU s] totals, updated as the stream goes."""
+    assign = [0.0, 0.0]
+    enc = w.codec.encode
+
+    def timed_encode(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return enc(*a, **k)
+        finally:
+            assign[0] += time.perf_counter() - t0
+            assign[1] += time.process_time() - c0
+    w.codec.encode = timed_encode
+    return assign
+
+
 def mib(x):
     return f"{x:,.0f} MiB"
 
@@ -434,17 +450,7 @@ def cmd_stream(args):
     t_all = time.perf_counter()
     clock = StepClock()
     w = slcodec.Writer(path, codec="vq", classes=gen.classes, shape=shape, seed=args.seed, progress=clock, **opts)
-    assign = [0.0, 0.0]
-    enc = w.codec.encode
-
-    def timed_encode(*a, **k):
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            return enc(*a, **k)
-        finally:
-            assign[0] += time.perf_counter() - t0
-            assign[1] += time.process_time() - c0
-    w.codec.encode = timed_encode   # assignment alone; the rest of append is chunking, zstd and spooling
+    assign = time_assignment(w)
     t0 = time.perf_counter()
     idx = evenly_spaced(n, w.fit_sample)
     sample = gen.rows(idx)
@@ -808,17 +814,7 @@ def cmd_wide(args):
     clock = StepClock()
     w = slcodec.Writer(path, codec="vq", classes=args.classes, seed=args.seed, fit_sample=args.fit_sample,
                        progress=clock, **opts)
-    assign = [0.0, 0.0]
-    enc = w.codec.encode
-
-    def timed_encode(*a, **k):
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            return enc(*a, **k)
-        finally:
-            assign[0] += time.perf_counter() - t0
-            assign[1] += time.process_time() - c0
-    w.codec.encode = timed_encode
+    assign = time_assignment(w)
     idx = evenly_spaced(n, w.fit_sample)
     sample = gen.rows(idx).astype(np.float16)        # the fit sample as a teacher's FP16 labels
     t0, c0 = time.perf_counter(), time.process_time()

@@ -37,3 +37,15 @@ def real_labels():
 def small_logits():
     rng = np.random.default_rng(0)
     return (rng.standard_normal((3, 5, 20)) * 3).astype(np.float32)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs ``slcodec ARGS`` in this process: (exit code, stdout, stderr)."""
+    from slcodec.cli import main
+
+    def call(*args):
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+    return call

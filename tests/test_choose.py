@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import slcodec
-from slcodec.cli import main
 from slcodec.pipeline import choose as ch
 from slcodec.pipeline.inputs import as_source
 
@@ -22,15 +21,6 @@ TINY = [("sparse", {"k": 1}), ("sparse", {"k": 4}), ("sparse", {"k": 32}), ("img
 def _tiny_candidates(monkeypatch):
     monkeypatch.setattr(ch, "candidates", lambda classes, images: list(TINY))
     monkeypatch.delenv("SLCODEC_DEBUG", raising=False)
-
-
-@pytest.fixture
-def cli(capsys):
-    def call(*args):
-        rc = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return rc, out, err
-    return call
 
 
 def recomputed(path, temperature):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import slcodec
-from slcodec.cli import main
 from slcodec.cli.commands import DEMO_FIXTURE
 from slcodec.format.container import Container
 from slcodec.pipeline.inputs import load_labels
@@ -32,15 +31,6 @@ def run_cli(*args, cwd=None):
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
     monkeypatch.delenv("SLCODEC_DEBUG", raising=False)
-
-
-@pytest.fixture
-def cli(capsys):
-    def call(*args):
-        rc = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return rc, out, err
-    return call
 
 
 def assert_one_line_error(rc, err, expected_rc=2):
