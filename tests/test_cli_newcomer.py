@@ -365,3 +365,17 @@ def test_an_import_error_names_a_missing_dependency_but_not_our_own_bug(monkeypa
     assert main(["info", os.path.join(GOLDEN, "v1.0-fp16-logits.vqsl")]) == rc
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err
+
+
+def test_a_closed_stdout_is_not_an_error():
+    """`slcodec stats F | head -1`: the reader of stdout goes away; slcodec stops quietly (exit 141,
+    as for a tool killed by SIGPIPE) instead of printing 'error: Broken pipe' and exiting 2."""
+    r, w = os.pipe()
+    os.close(r)                      # the reader is gone before slcodec writes a byte
+    try:
+        p = subprocess.run([sys.executable, "-m", "slcodec", "stats", os.path.join(GOLDEN, "v1.0-fp16-logits.vqsl")],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert p.stderr == ""

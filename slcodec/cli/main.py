@@ -9,7 +9,7 @@ import os
 import sys
 from ..errors import SlcodecError, one_line
 from .parser import CODEC_OPTION_COMMANDS, build_parser, command_of
-from .usage import EXIT_INTERNAL, EXIT_USAGE
+from .usage import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_USAGE
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,12 @@ def main(argv=None) -> int:
     except SlcodecError as exc:
         print(f"slcodec: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader of stdout went away (`slcodec stats F | head`): no error line, as other tools do;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as exc:
         name = getattr(exc, "filename", None)
         print(f"slcodec: error: {name + ': ' if name else ''}{exc.strerror or one_line(exc)}", file=sys.stderr)

@@ -6,6 +6,8 @@ from ..errors import SlcodecError
 
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+#: stdout closed by its reader: 128 + SIGPIPE, what a shell reports for a tool killed by it
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(SlcodecError):
