@@ -76,12 +76,17 @@ def cmd_encode(args):
     required = target if objective == "bits" else ()
     choice, output = None, args.output
     if choosing:
-        choice = ch.choose(src, target, budget, allow_top1_loss=args.allow_top1_loss, seed=args.seed,
-                           device=resolve_device(args.device), objective=objective,
-                           progress=progress_printer(args.quiet))
-        codec_id, config = choice.codec, choice.config
-        if explicit_target and not choice.met and not args.best_effort:
-            raise UsageError(f"{args.input}: {ch.unmet_text(choice)}; --best-effort writes it")
+        choose_kwargs = dict(allow_top1_loss=args.allow_top1_loss, seed=args.seed, objective=objective,
+                             progress=progress_printer(args.quiet))
+        if args.distributed:   # chosen once, by rank 0, and sent to every rank: one codec for all shards
+            from .. import distributed
+            shared = distributed.choose(src, target, budget, device=args.device, **choose_kwargs)
+            choice, codec_id, config, met, unmet = shared.choice, shared.codec, shared.config, shared.met, shared.unmet
+        else:
+            choice = ch.choose(src, target, budget, device=resolve_device(args.device), **choose_kwargs)
+            codec_id, config, met, unmet = choice.codec, choice.config, choice.met, ch.unmet_text(choice)
+        if explicit_target and not met and not args.best_effort:
+            raise UsageError(f"{args.input}: {unmet}; --best-effort writes it")
         if explicit_target and not args.best_effort and not args.distributed and args.shards is None \
                 and args.shard_rows is None:   # replaced only once its measured fidelity meets the target
             output = os.path.join(os.path.dirname(os.path.abspath(args.output)),
