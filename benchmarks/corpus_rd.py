@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--blob-rows", type=int, default=60_000,
                     help="baselines encode the corpus as blobs of this many labels (memory), bytes summed")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--note", default=None,
+                    help="stored in the JSON's meta (e.g. which commit the code is: a run from a `git archive`)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -303,11 +305,12 @@ def main(argv=None) -> int:
     configs = set(args.configs) if args.configs else None
     t0 = time.perf_counter()
     out_json = Path(str(args.out) + ".json")
-    old_rows, commands = [], []
+    old_rows, commands, notes = [], [], []
     if args.merge and out_json.exists():
         old = json.loads(out_json.read_text())
         old_rows = old["rows"]
         commands = old["meta"].get("commands", [old["meta"].get("command")])
+        notes = old["meta"].get("notes", [])
     command = "python " + " ".join([os.path.relpath(__file__, HERE.parent)] + (argv or sys.argv[1:]))
     title = f"{args.corpus.name} {x.shape[0]}x{x.shape[1]} (C={x.shape[2]})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +324,8 @@ def main(argv=None) -> int:
                 "corpus": args.corpus.name, "shape": list(x.shape), "torch": torch.__version__,
                 "slcodec": slcodec.__version__, "threads": args.threads,
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "blob_rows": args.blob_rows,
-                "seconds": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count()}
+                "seconds": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(),
+                "notes": notes + ([args.note] if args.note else [])}
         _write_atomic(out_json, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         md = markdown(rows, title) if rows else ""
         _write_atomic(Path(str(args.out) + ".md"), md)
