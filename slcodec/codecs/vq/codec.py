@@ -18,7 +18,7 @@ from .config import (ARGMAX_BITS, MAX_CODEBOOK, MAX_CODES, MAX_DECODER_LAYERS, M
                      _opt_int, nominal_bits, rate_for_bits)
 from .fit import FittingMixin
 from .networks import _Decoder, _nearest, _to_logits, logit_bound
-from .prior import ImagePriorMixin
+from .prior import ImagePriorMixin, check_sparse_prior, sparse_prior_abs_bound
 from .table import _FastDecoder
 from .top1 import _apply_top1_lift_cpu, apply_top1, top1_symbols
 
@@ -83,12 +83,17 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         Option("batch_rows", int, 8192, "rows per batch when encoding/decoding",
                rule=Int(1, 1 << 24)),
         Option("image_bias", str, "auto", "per-image prior: store each image's mean log-probabilities "
-               "([images, C], param_dtype) and code only what each view adds to it; auto: on when the "
-               "labels are [images, augmentations, C] and the table costs <= 1 bit per label "
-               "(16*C/augmentations, e.g. C=10 with 300 views); needs the per-image means of the whole set, "
-               "which slcodec.encode computes (Writer users: Writer.set_image_means)",
-               choices=("auto", "on", "off"),
-               rule=Choice(("auto", "on", "off"))),
+               "([images, C], param_dtype: on) or only its image_bias_k most likely classes at uint8 levels and "
+               "one offset of a set-wide profile for the rest (sparse), and code only what each view adds to "
+               "it; auto: for labels [images, augmentations, C], on when the exact table costs <= 1 bit per "
+               "label (16*C/augmentations, e.g. C=10 with 300 views), else sparse when image_bias_k <= C/4 and "
+               "it costs <= 8 bits per label (C=1000, k=64: from 196 views per image), else off; needs the "
+               "per-image means of the whole set, which slcodec.encode computes (Writer users: "
+               "Writer.set_image_means)",
+               choices=("auto", "on", "sparse", "off"),
+               rule=Choice(("auto", "on", "sparse", "off"))),
+        Option("image_bias_k", int, 64, "classes listed per image by image_bias=sparse",
+               rule=Int(1, 65536)),
         Option("rank_weight", float, 0.0, "fitting only: weight of a hinge loss that ranks the teacher's top "
                "class first in the decoder's own logits (fewer top-1 fix-ups: smaller top1 stream, faster decode)",
                rule=Float(0.0, 1e6)),
@@ -117,6 +122,7 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         self._classes = None
         self._image_means = None  # [images, C] float32 given by set_image_means (before fit)
         self._bias_np = None      # stored image_bias (param_dtype numpy) when on
+        self._sparse_np = None    # stored sparse prior (image_prior_* numpy arrays) when sparse
         self._bias_t = None       # that table as float32 torch [images, C], built on first use
         self._bias_dev = {}       # device -> that table
         self._augs = None         # augmentations per image (labels.shape[1]) when image_bias is on
@@ -145,15 +151,18 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
 
     def get_config(self):
         cfg = dict(self.config)
-        if cfg.get("image_bias") != "on":   # files without the feature keep their format-1.0 config
+        if cfg.get("image_bias") not in ("on", "sparse"):   # files without the feature keep their format-1.0 config
             cfg.pop("image_bias", None)
+        if cfg.get("image_bias") != "sparse":   # 1.7: stored only with the sparse prior
+            cfg.pop("image_bias_k", None)
         # fitting-only and added after 1.0: kept out of the stored config (a 1.1 reader rejects
         # unknown keys) and recorded in the fit info instead
         cfg.pop("rank_weight", None)
         return cfg
 
     def format_minor(self):
-        return 2 if self.config["image_bias"] == "on" else 0
+        return {"on": 2, "sparse": 7}.get(self.config["image_bias"], 0)
+
     # ------------------------------------------------------------------ params
     def get_params(self):
         if self._params_np is None:
@@ -161,6 +170,8 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         out = {k: v.copy() for k, v in self._params_np.items()}
         if self._bias_np is not None:
             out["image_bias"] = self._bias_np.copy()
+        if self._sparse_np is not None:
+            out.update({k: v.copy() for k, v in self._sparse_np.items()})
         return out
 
     def _set_decoder(self, params_np):
@@ -199,20 +210,34 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         # every bound of the config was checked already (decoder_layers <= 64: a few shapes to list)
         want = _Decoder.shapes(C, M, K, d, H, L)
         ib = cfg["image_bias"]
-        if ib == "auto":   # a codec built in code (a file's config says on or nothing): the params tell
-            ib = cfg["image_bias"] = "on" if "image_bias" in params else "off"
+        if ib == "auto":   # a codec built in code (a file's config says on, sparse or nothing): the params tell
+            ib = cfg["image_bias"] = ("on" if "image_bias" in params
+                                      else "sparse" if "image_prior_ids" in params else "off")
         augs = None
-        if ib == "on":
+        pdt = np.dtype(cfg["param_dtype"])
+        sparse = None
+        if ib in ("on", "sparse"):
             shape = ctx.label_shape
             if shape is None or len(shape) != 2:
                 raise FormatError("vq: image_bias needs labels shaped [images, augmentations, C]",
                                   rule=rules.CODEC_PARAMS)
-            want = dict(want, image_bias=(int(shape[0]), C))
             augs = int(shape[1])
+            if ib == "on":
+                want = dict(want, image_bias=(int(shape[0]), C))
+            else:
+                k = cfg["image_bias_k"]
+                if k >= C:
+                    raise FormatError(f"vq: image_bias_k={k} must be smaller than C = {C}", rule=rules.CODEC)
+                names = ("image_prior_ids", "image_prior_levels", "image_prior_offset", "image_prior_profile")
+                if set(params) != set(want) | set(names):
+                    raise FormatError(f"vq: parameters {sorted(params)} do not match the config "
+                                      f"(expected {sorted(set(want) | set(names))})", rule=rules.CODEC_PARAMS)
+                check_sparse_prior(params, int(shape[0]), C, k, pdt)
+                sparse = {n: np.ascontiguousarray(params[n]) for n in names}
+                params = {n: v for n, v in params.items() if n not in names}
         if set(params) != set(want):
             raise FormatError(f"vq: parameters {sorted(params)} do not match the config "
                               f"(expected {sorted(want)})", rule=rules.CODEC_PARAMS)
-        pdt = np.dtype(cfg["param_dtype"])
         clean = {}
         for k, shp in want.items():
             a = params[k]
@@ -222,7 +247,9 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
             if not np.isfinite(a).all():
                 raise FormatError(f"vq: parameter {k!r} has non-finite values", rule=rules.CODEC_PARAMS)
             clean[k] = np.ascontiguousarray(a)
-        bound = logit_bound(clean, L, cfg["margin"])
+        # the sparse prior's largest |row entry|: |profile| + |offset| or a level's depth (<= 64 nats)
+        bound = logit_bound(clean if sparse is None else
+                            dict(clean, image_bias=np.array([sparse_prior_abs_bound(sparse)])), L, cfg["margin"])
         if not bound <= limits.VQ_MAX_LOGIT_BOUND:   # also catches NaN from inf * 0
             raise FormatError(f"vq: the decoder's weights allow logits up to {bound:.3g}, beyond the "
                               f"{limits.VQ_MAX_LOGIT_BOUND:g} a reader accepts (float32 would overflow)",
@@ -230,7 +257,10 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         self._classes = C
         bias = clean.pop("image_bias", None)
         self._set_decoder(clean)
-        self._set_bias(bias, augs)
+        if sparse is not None:
+            self._set_sparse(sparse, augs)
+        else:
+            self._set_bias(bias, augs)
 
     # ------------------------------------------------------------------ streams
     def encode(self, labels, ctx: Context):
@@ -284,7 +314,9 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         config.setdefault("top1_rule", "lift")
         config.setdefault("image_bias", "off")   # absent before format 1.2: no image prior
         if config["image_bias"] == "auto":
-            raise ConfigError("vq: a stored image_bias must be on or off, not auto")
+            raise ConfigError("vq: a stored image_bias must be on, sparse or off, not auto")
+        if "image_bias_k" in config and config["image_bias"] != "sparse":
+            raise ConfigError("vq: image_bias_k is stored only with image_bias=sparse")
         return cls(**config)
 
     def validate_streams(self, streams, classes):
@@ -318,7 +350,7 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         for i in range(0, n, br):
             rows = None if fast.table is None else fast.table_rows(idx[i:i + br])
             z = fast(idx[i:i + br], out=out[i:i + br], rows=rows)
-            b = None if self._bias is None else self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
+            b = self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
             if b is not None:
                 z += b
             lift_cpu = dev.type == "cpu" and self.config["top1_rule"] == "lift" and z.is_contiguous()

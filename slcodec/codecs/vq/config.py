@@ -15,6 +15,12 @@ TOP1_RANKS = 16            # top1 stream: values < 16 are ranks in the decoded l
 TOP1_EPS = 2e-4            # a rank is used only when no other decoded logit is within eps*(1+|z_c|)
 TOP1_HINGE = 0.05          # rank_weight: margin (nats) the hinge asks of the true class
 IMAGE_BIAS_MAX_BITS = 1.0  # image_bias="auto": on when the [images, C] table costs <= this per label
+SPARSE_PRIOR_DEPTH = 64.0  # image_bias="sparse": nats below an image's top class its uint8 levels span
+SPARSE_PRIOR_LIMIT = 1e4   # ... and |profile|, |offset| (log-probabilities below -1e4 are zero in any float)
+# image_bias="auto": sparse when its params cost <= this per label.  On the 1,000-class corpus
+# (BENCHMARKS.md section 14, "cheap image priors") 5.2 bits of k = 64 cut KL at T = 1 by 25-42% where
+# 48 more bits of codes cut nothing; 8 bits is a sixth of the default rate.
+SPARSE_PRIOR_MAX_BITS = 8.0
 DECODE_TABLE_MAX_BYTES = 64 << 20  # decode by a logits table of all K**M code combinations up to this size
 DECODE_TABLE_MAX_MACS = 1 << 33    # ... and when building it (K**M rows through the decoder) costs at most this
 # config bounds (FORMAT.md, section vq)

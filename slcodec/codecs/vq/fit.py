@@ -17,6 +17,7 @@ from ...format import limits
 from ..base import Context
 from .config import DEFAULT_HIDDEN, DENSE_MAX_CLASSES, FIT_MAX_ELEMENTS, SMALL_C, SMALL_C_HIDDEN, TOP1_HINGE
 from .networks import _Decoder, _Encoder, _lookup, _nearest, _to_logits, logit_bound
+from .prior import sparse_prior_abs_bound
 from .top1 import train_top1
 
 
@@ -58,6 +59,8 @@ class FittingMixin:
         if not all(np.isfinite(a).all() for a in params_np.values()):
             raise ConfigError("vq: fitting diverged (non-finite decoder weights); try a smaller lr")
         pb = dict(params_np, **({} if self._bias_np is None else {"image_bias": self._bias_np}))
+        if self._sparse_np is not None:   # the dequantised rows' largest |entry|, as a reader bounds it
+            pb["image_bias"] = np.array([sparse_prior_abs_bound(self._sparse_np)])
         bound = logit_bound(pb, cfg["decoder_layers"], cfg["margin"])
         if not bound <= limits.VQ_MAX_LOGIT_BOUND:   # a reader would reject the file (FORMAT.md, vq)
             raise ConfigError(f"vq: the fitted decoder's weights allow logits up to {bound:.3g}, beyond the "
@@ -139,7 +142,7 @@ class _Trainer:
         self.b_all = None
         self.x_in = self.x
         if bias_on:
-            self.b_all = codec._bias.to(dev)[torch.as_tensor(rows // codec._augs, device=dev)]
+            self.b_all = codec._image_rows(torch.as_tensor(rows // codec._augs, device=dev), dev)
             self.x_in = torch.log_softmax(self.x, dim=1) - self.b_all
         if cfg["hidden"] is None:  # resolved here, so the stored config names the width decoding needs
             cfg["hidden"] = SMALL_C_HIDDEN if C < SMALL_C else DEFAULT_HIDDEN
@@ -319,5 +322,7 @@ class _Trainer:
             "param_bytes": int(sum(a.nbytes for a in params_np.values())),
             "image_bias": cfg["image_bias"],
             "rank_weight": cfg["rank_weight"],
-            "image_bias_bytes": 0 if codec._bias_np is None else int(codec._bias_np.nbytes),
+            "image_bias_bytes": (int(codec._bias_np.nbytes) if codec._bias_np is not None else
+                                 int(sum(a.nbytes for a in codec._sparse_np.values())) if codec._sparse_np is not None
+                                 else 0),
         }
