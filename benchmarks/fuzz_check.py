@@ -506,8 +506,37 @@ def _vq_problems(h, cfg, params, streams, C):
         if len(shape) != 3:
             return ["codec-params: vq image_bias on [N, C] labels"]
         want["image_bias"] = [shape[0], C]
-    if set(params) != set(want):
-        return [f"codec-params: vq params {sorted(params)} != {sorted(want)}"]
+    if "image_bias_k" in cfg and cfg.get("image_bias") != "sparse":
+        return ["codec: vq image_bias_k without image_bias sparse"]
+    sparse = {}
+    if cfg.get("image_bias") == "sparse":   # format 1.7
+        if len(shape) != 3:
+            return ["codec-params: vq image_bias sparse on [N, C] labels"]
+        k = cfg.get("image_bias_k", 64)
+        if k >= C:
+            return ["codec: vq image_bias_k >= C"]
+        tdt = "float32" if cfg.get("param_dtype") == "float32" else "float16"
+        sparse = {"image_prior_ids": ("uint16" if C <= 65536 else "uint32", [shape[0], k]),
+                  "image_prior_levels": ("uint8", [shape[0], k]),
+                  "image_prior_offset": (tdt, [shape[0]]), "image_prior_profile": (tdt, [C])}
+    if set(params) != set(want) | set(sparse):
+        return [f"codec-params: vq params {sorted(params)} != {sorted(set(want) | set(sparse))}"]
+    for n, (dt, sh) in sparse.items():
+        if params[n][0]["dtype"] != dt or list(params[n][0]["shape"]) != sh:
+            return [f"codec-params: vq {n} {params[n][0]['dtype']}{params[n][0]['shape']} != {dt}{sh}"]
+    prior_max = 0.0
+    if sparse:
+        ids = array_of(params, "image_prior_ids").astype(np.int64)
+        if ids.size and ids.max() >= C:
+            return ["codec-params: vq image_prior_ids >= C"]
+        if ids.shape[1] > 1 and np.any(np.diff(ids, axis=1) <= 0):
+            return ["codec-params: vq image_prior_ids not strictly increasing"]
+        off = array_of(params, "image_prior_offset").astype(np.float64)
+        prof = array_of(params, "image_prior_profile").astype(np.float64)
+        if not (np.all(np.isfinite(off)) and np.all(np.isfinite(prof))
+                and np.all(np.abs(off) <= 1e4) and np.all(np.abs(prof) <= 1e4)):
+            return ["codec-params: vq image_prior offset/profile not finite or beyond 1e4"]
+        prior_max = max(float(np.abs(prof).max(initial=0)) + float(np.abs(off).max(initial=0)), 64.0)
     dts = {params[n][0]["dtype"] for n in want}
     for n, sh in want.items():
         if params[n][0]["dtype"] not in ("float16", "float32") or list(params[n][0]["shape"]) != sh:
@@ -522,7 +551,7 @@ def _vq_problems(h, cfg, params, streams, C):
         for i in range(L):
             hl = hl + float(np.max(hl * colsum[f"w_h{i}"] + np.abs(P[f"b_h{i}"])))
         bound = float(np.max(hl * colsum["w_out"] + np.abs(P["b_out"]))) + \
-            (float(np.abs(P["image_bias"]).max(initial=0)) if "image_bias" in P else 0.0) + cfg.get("margin", 0.01)
+            (float(np.abs(P["image_bias"]).max(initial=0)) if "image_bias" in P else prior_max) + cfg.get("margin", 0.01)
     if not bound <= 1e30:
         out.append(f"codec-params: vq logit bound {bound:.3g} > 1e30")
     want_s = {"codes": ("uint8" if K <= 256 else "uint16", M), "top1": ("uint16" if C + 16 <= 65536 else "uint32", 1)}

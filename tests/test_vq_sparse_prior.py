@@ -1,6 +1,7 @@
 """vq's sparse image prior (format 1.7): per image its k most likely classes at uint8 levels, the other
 classes at a set-wide profile plus one offset per image, added to the decoded logits."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +211,11 @@ def test_hostile_v17_files_are_rejected(case, rule, tmp_path):
           "flat_labels": {"shape": [n_img * n_aug, classes]}}[case]
     rewrite_file(GOLDEN_V17, out, minor=7, **kw)
     assert_rejected(out, rule)
+    # the fuzzer's independent checker (written from FORMAT.md) flags the same rule
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from fuzz_check import violations
+    found = violations({os.path.basename(out): open(out, "rb").read()}, os.path.basename(out))
+    assert found and all(v.startswith(rule + ":") for v in found), found
 
 
 def test_rewrite_without_edits_decodes_like_the_golden_file(tmp_path):
