@@ -42,7 +42,8 @@ TRIAL_VQ_STEPS = 500
 #: thousand labels, the file is written from a fit on more
 KL_SAFETY, BITS_SAFETY = 0.9, 0.97
 #: the params sections stored once per image (their bytes scale with the number of images)
-PER_IMAGE_PARAMS = ("params/prior", "params/prior_range", "params/image_bias")
+PER_IMAGE_PARAMS = ("params/prior", "params/prior_range", "params/image_bias", "params/image_prior_ids",
+                    "params/image_prior_levels", "params/image_prior_offset")
 #: fidelity of a written file is measured on every label up to this many float32 bytes, else on
 #: a random sample of FIDELITY_SAMPLE labels
 FIDELITY_ALL_BYTES = 1 << 30
