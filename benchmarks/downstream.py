@@ -19,6 +19,11 @@ The distilled sets come from ``benchmarks/data/fashion_mnist.py`` (real training
     ``vq`` codec (``slcodec.codecs.codec_ids()``); they are skipped with a note when it is
     absent. ``--codec vq --bits 8 16 32`` adds ``vq:8 vq:16 vq:32``; ``--vq-opt KEY=VALUE`` (repeatable) passes
     more vq options to every vq variant (e.g. the small-C config ``hidden=32 decoder_layers=0``).
+``noflag``
+    the logits saved as a float32 ``.npy`` and encoded by ``slcodec encode IN.npy -o OUT.vqsl
+    --json -q`` in a child process: no codec flag, so the codec and its size are chosen for the
+    set (issue 15: default target ``--max-kl 0.1@1 --max-kl 0.01@4`` within 2% of FP16); the
+    JSON summary (choice, bits, fidelity it measured, seconds) is kept in the record.
 
 Student and training
     conv3x3(1->16)-ReLU-maxpool2-conv3x3(16->32)-ReLU-maxpool2-fc(1568->64)-ReLU-fc(64->10),
@@ -59,6 +64,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,7 +128,7 @@ def build_views(images: np.ndarray, seed: int, n_views: int) -> torch.Tensor:
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     name, _, arg = spec.partition(":")
-    if name in ("original", "hard", "fp16", "fp32"):
+    if name in ("original", "hard", "fp16", "fp32", "noflag"):
         if arg:
             raise SystemExit(f"variant {spec!r} takes no argument")
         return name, {}
@@ -130,7 +136,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         return name, {"k": int(arg)}
     if name == "vq":
         return name, {"bits": float(arg)}
-    raise SystemExit(f"unknown variant {spec!r} (original, hard, fp16, fp32, topk:K, vq:BITS)")
+    raise SystemExit(f"unknown variant {spec!r} (original, hard, fp16, fp32, topk:K, vq:BITS, noflag)")
 
 
 def parse_vq_opts(items: list[str]) -> dict:
@@ -163,6 +169,28 @@ def encode_variant(logits: np.ndarray, name: str, opts: dict, ipc: int, seed: in
     slcodec.encode(logits, path, codec=name, input_kind="logits", seed=0, augment=augment,
                    provenance={"source": f"fmnist_ipc{ipc}.npz"}, **opts)
     return path, time.perf_counter() - t0
+
+
+def encode_noflag(logits: np.ndarray, ipc: int, out_dir: Path, reuse: bool) -> tuple[Path, float, dict]:
+    """The no-flag ``slcodec encode`` of the logits (the codec chosen for the set), run as a user
+    would: the command line in a child process; returns the file, the wall seconds and the
+    ``--json`` summary."""
+    path = out_dir / f"fmnist_ipc{ipc}_noflag.vqsl"
+    summary_path = path.with_suffix(".json")
+    if reuse and path.exists() and summary_path.exists():
+        return path, 0.0, json.loads(summary_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npy = out_dir / f"fmnist_ipc{ipc}_logits.npy"
+    np.save(npy, logits.astype(np.float32), allow_pickle=False)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "slcodec", "encode", str(npy), "-o", str(path), "--json", "-q"],
+                          capture_output=True, text=True)
+    sec = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"slcodec encode {npy} (no flags) failed: {proc.stderr.strip()}")
+    summary = json.loads(proc.stdout)
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    return path, sec, summary
 
 
 def decoded_targets(path: Path, images: int, views: int, n_views: int, temperature: float) -> tuple[torch.Tensor, float]:
@@ -241,6 +269,15 @@ def fmt_pm(vals: list[float]) -> str:
     return f"{100 * m:.2f} ± {100 * sd:.2f}"
 
 
+def variant_label(r: dict) -> str:
+    """The variant's name; for ``noflag`` with the codec and options the choice wrote."""
+    nf = r.get("noflag")
+    if not nf:
+        return r["variant"]
+    opts = " ".join(f"{k}={v}" for k, v in nf["choice"]["config"].items())
+    return f"noflag (chose {nf['codec']} {opts})".replace("  ", " ").replace(" )", ")")
+
+
 def markdown(rows: list[dict], T: float) -> str:
     head = ["ipc", "labels", "test acc % (mean ± std)", "retention", "bits/label", "fixed bytes", "marginal bits",
             "× less than FP16", "KL@T1", f"KL@T{T:g}", "top-1 agr."]
@@ -249,7 +286,7 @@ def markdown(rows: list[dict], T: float) -> str:
         st = r.get("storage") or {}
         fi = r.get("fidelity") or {}
         lines.append("| " + " | ".join([
-            str(r["ipc"]), r["variant"], fmt_pm(r["acc"]), f"{100 * r['retention']:.1f}%",
+            str(r["ipc"]), variant_label(r), fmt_pm(r["acc"]), f"{100 * r['retention']:.1f}%",
             f"{st['bits_per_label']:.2f}" if st else "-",
             str(st.get("fixed_bytes", "-")) if st else "-",
             f"{st['marginal_bits_per_label']:.2f}" if st else "-",
@@ -340,7 +377,19 @@ def main(argv=None) -> int:
                                   "ratio_vs_fp16": 16 * C * V / bits_img,
                                   "note": f"{bits_img} bits per image (class id), shared by its {V} views"}
             else:
-                path, t_enc = encode_variant(logits, name, opts, ipc, d["seed"], args.cache / "downstream", args.reuse)
+                if name == "noflag":
+                    path, t_enc, summary = encode_noflag(logits, ipc, args.cache / "downstream", args.reuse)
+                    rec["noflag"] = {k: summary.get(k) for k in ("codec", "codec_config", "bits_per_label",
+                                                                 "fidelity", "missed", "target",
+                                                                 "budget_bits_per_label", "seconds")}
+                    rec["noflag"]["choice"] = {k: summary["choice"][k] for k in
+                                               ("codec", "config", "met", "missed", "reason",
+                                                "predicted_bits_per_label")}
+                    rec["noflag"]["candidates"] = summary["choice"]["candidates"]
+                    rec["noflag"]["command"] = "slcodec encode IN.npy -o OUT.vqsl --json -q"
+                else:
+                    path, t_enc = encode_variant(logits, name, opts, ipc, d["seed"], args.cache / "downstream",
+                                                 args.reuse)
                 targets, t_dec = decoded_targets(path, n_img, V, n_views, T)
                 hard_t = None
                 rec["storage"] = storage(path)
@@ -362,7 +411,7 @@ def main(argv=None) -> int:
             rec["retention"] = rec["acc_mean"] / base_acc
             rows.append(rec)
             st = rec["storage"]
-            print(f"  {spec}: acc {fmt_pm(accs)}%, retention {100 * rec['retention']:.1f}%, "
+            print(f"  {variant_label(rec)}: acc {fmt_pm(accs)}%, retention {100 * rec['retention']:.1f}%, "
                   f"{st['bits_per_label']:.2f} bits/label ({st['ratio_vs_fp16']:.1f}x < FP16), "
                   f"{rec['train_s_per_run']}s/run, encode {t_enc:.1f}s, decode {t_dec:.1f}s",
                   file=sys.stderr, flush=True)
