@@ -192,7 +192,10 @@ def main(argv=None) -> int:
 def markdown(rows: list[dict]) -> str:
     out = []
     for part in dict.fromkeys(r["part"] for r in rows):
-        pr = [r for r in rows if r["part"] == part]
+        order = {"none": (0, 0), "fp16": (1, 0), "uint8": (2, 0)}
+        pr = sorted((r for r in rows if r["part"] == part),
+                    key=lambda r: (order[r["prior"]] if r["prior"] in order else (3, int(r["prior"].split()[-1])))
+                    + (r.get("native", False),))
         out += [f"#### {part}: {pr[0]['labels']:,} labels", "",
                 "| prior | prior bits/label (this file) | bits/label all counted | projected 1000x300 | KL T=1 | "
                 "KL T=4 | top-1 | top-5 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
