@@ -57,6 +57,12 @@ def cases():
                                         {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
                                          "train_batch": 64, "image_bias": "sparse", "image_bias_k": 8}, "probs", 1e-4,
                                         "1.7"),
+        # format 1.6: vq whose code indices are rans-coded (a frequency table per stream and per-image
+        # adaptive counts: 4 images of 64 views); decoding is the vq decoder on the exact indices
+        "v1.6-vq-rans-logits": (np.load(FIXTURE)[:4], "vq",
+                                {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
+                                 "train_batch": 64, "param_dtype": "float16", "image_bias": "off"}, "probs", 1e-4,
+                                "1.6"),
     }
 
 

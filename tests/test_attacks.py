@@ -253,7 +253,7 @@ CASES = {
     "newer-major": ("version", _set(major=2)),
     "major-zero": ("version", _set(major=0)),
     # rule: required-flags
-    "unknown-required-flag": ("required-flags", _set(required_flags=0x4)),
+    "unknown-required-flag": ("required-flags", _set(required_flags=0x8)),  # bits 0..2 are defined (1.1, 1.6)
     # rule: preamble-reserved
     "reserved-word-set": ("preamble-reserved", _set(reserved=1)),
     "reserved-bytes-set": ("preamble-reserved", _set(reserved2=b"\0\0\0\x01\0\0\0\0")),

@@ -128,11 +128,11 @@ def test_unknown_optional_flag_is_ignored(tmp_path):
 
 def test_writer_verifies_its_output(tmp_path):
     """The writer re-opens what it wrote before moving it into place; a file our own reader would
-    reject (here: an unknown required feature; bits 0 and 1 are format 1.1's) never replaces the output."""
+    reject (here: an unknown required feature; bits 0 and 1 are format 1.1's, bit 2 1.6's) never replaces the output."""
     p = tmp_path / "x.vqsl"
     p.write_bytes(b"previous")
     with pytest.raises(FormatError) as e:
-        write(p, required_flags=0x4)
+        write(p, required_flags=0x8)
     assert e.value.rule == "required-flags"
     assert p.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["x.vqsl"]

@@ -29,6 +29,7 @@ import msgpack
 import numpy as np
 import zstandard
 
+from . import entropy
 from . import schema
 from . import rules
 from .atomic import AtomicFile
@@ -47,8 +48,12 @@ assert PREAMBLE.size == 64
 FLAG_MANIFEST = 0x1
 #: required flag bit 1 (format 1.1): the file is a shard (streams, its codec parameters are in the manifest)
 FLAG_EXTERNAL_PARAMS = 0x2
+#: required flag bit 2 (format 1.6): a stream section is coded "rans" (an older reader cannot read it)
+FLAG_RANS_STREAMS = 0x4
+#: minor version written by files with a "rans" stream
+FORMAT_MINOR_RANS = 6
 #: required-feature bits this reader understands
-KNOWN_REQUIRED_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS
+KNOWN_REQUIRED_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS | FLAG_RANS_STREAMS
 MAX_HEADER_BYTES = 16 << 20
 MAX_MSGPACK_SECTION_BYTES = 64 << 20
 #: values (scalars and containers, map keys included) in the header or in one msgpack section;
@@ -214,14 +219,97 @@ def _filter_inverse(data: bytes, dtype: np.dtype, rows: int, width: int, filters
     return arr.reshape(rows, width)
 
 
+class _ChunkStore:
+    """Stored chunk bytes of a stream being built, in memory (end offsets and CRCs as the index needs)."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.ends: list[int] = []
+        self.crcs: list[int] = []
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self._put(data)
+        self.total += len(data)
+        self.ends.append(self.total)
+        self.crcs.append(crc32(data))
+
+    def _put(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def get(self, k: int) -> bytes:
+        return self.chunks[k]
+
+    def parts(self) -> Iterable:
+        yield from self.chunks
+
+    def close(self) -> None:
+        self.chunks = []
+
+
+class _SpooledChunkStore(_ChunkStore):
+    """A :class:`_ChunkStore` in an anonymous temporary file in ``folder`` (no name on Linux, so a
+    crash leaves nothing behind); only the index stays in memory."""
+
+    COPY_BYTES = 1 << 20
+
+    def __init__(self, folder):
+        super().__init__()
+        self._spool = tempfile.TemporaryFile(dir=folder, prefix=".slcodec-spool-")
+
+    def _put(self, data: bytes) -> None:
+        self._spool.seek(0, os.SEEK_END)
+        self._spool.write(data)
+
+    def get(self, k: int) -> bytes:
+        start = self.ends[k - 1] if k else 0
+        self._spool.flush()
+        self._spool.seek(start)
+        data = self._spool.read(self.ends[k] - start)
+        if len(data) != self.ends[k] - start:
+            raise OSError(f"stream spool file ended early at chunk {k}")
+        return data
+
+    def parts(self) -> Iterable:
+        self._spool.flush()
+        self._spool.seek(0)
+        left = self.total
+        while left:
+            piece = self._spool.read(min(left, self.COPY_BYTES))
+            if not piece:
+                raise OSError(f"stream spool file ended {left} bytes early")
+            left -= len(piece)
+            yield piece
+
+    def close(self) -> None:
+        if not self._spool.closed:
+            self._spool.close()
+
+
+#: codings a StreamBuilder takes: the stored ones, and "auto" (zstd or rans, whichever is smaller)
+BUILDER_CODINGS = ("raw", "zstd", "rans", "auto")
+#: chunks of a stream on which a writer estimates the rans increment (evenly spaced; bounds the time)
+RANS_ESTIMATE_CHUNKS = 64
+
+
 class StreamBuilder:
-    """Collects the rows of one stream section, chunk by chunk, compressed as they arrive."""
+    """Collects the rows of one stream section, chunk by chunk, coded as they arrive.
+
+    ``coding``: ``"zstd"`` or ``"raw"``; ``"rans"`` (format 1.6: an entropy coder under a frequency
+    table of the whole stream, so the rows are kept and coded at :meth:`finish`); ``"auto"``: both
+    zstd and rans, and the section stores whichever is smaller (zstd when rans cannot code the
+    stream: a value >= 2**16, a float dtype, a model over the counter cap).  ``group_rows``: rows
+    of one context group (the views of an image) for rans's adaptive counts, 0 for none; stream
+    row ``r`` is in group ``(r + group_phase) // group_rows``."""
 
     def __init__(self, dtype, width: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 coding: str = "zstd", level: int | None = None, filters=None):
+                 coding: str = "zstd", level: int | None = None, filters=None, group_rows: int = 0,
+                 group_phase: int = 0):
         self.dtype = np.dtype(dtype).newbyteorder("<")
         if self.dtype.name not in schema.DTYPES:
             raise ValueError(f"unsupported stream dtype {self.dtype}")
+        if coding not in BUILDER_CODINGS:
+            raise ValueError(f"unknown stream coding {coding!r}")
         if level is None:
             # Narrow index streams are small and compress well: spend effort.  Wide value streams
             # (raw FP16/FP32 labels) barely compress and level 19 runs at under 1 MB/s on them.
@@ -233,8 +321,28 @@ class StreamBuilder:
         self.rows = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
-        self._chunks: list[bytes] = []
-        self._cctx = zstandard.ZstdCompressor(level=level, write_content_size=True) if coding == "zstd" else None
+        rans_side = coding in ("rans", "auto")
+        rans_able = self.dtype.name in entropy.DTYPES and self.chunk_rows <= entropy.MAX_CHUNK_ROWS
+        if coding == "rans" and not rans_able:
+            raise ValueError(f"a rans stream holds unsigned integers in chunks of at most "
+                             f"{entropy.MAX_CHUNK_ROWS} rows, not {self.dtype.name} in {self.chunk_rows}")
+        self.group_rows, self.group_phase = int(group_rows), int(group_phase)
+        if self.group_rows < 0 or not (0 <= self.group_phase < max(1, self.group_rows)):
+            raise ValueError(f"group_phase {group_phase} must lie in [0, group_rows {group_rows})")
+        self._stored = self._new_store() if coding != "rans" else None
+        #: the rows themselves, chunk by chunk, for the rans coder (None: rans is not tried)
+        self._raw = self._new_store() if rans_side and rans_able else None
+        self._counts = np.zeros((self.width, 0), dtype=np.int64)
+        self._cctx = zstandard.ZstdCompressor(level=level, write_content_size=True) if coding in ("zstd", "auto") else None
+        self._chosen = None   # (meta, payload parts) once finished
+
+    def _new_store(self) -> _ChunkStore:
+        return _ChunkStore()
+
+    @property
+    def _chunks(self) -> list[bytes]:
+        """Coded chunks held in memory (none for a spooled builder)."""
+        return self._stored.chunks if self._stored is not None else []
 
     def append(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
@@ -255,37 +363,119 @@ class StreamBuilder:
         chunk, rest = block[:n], block[n:]
         self._pending = [rest] if len(rest) else []
         self._pending_rows = len(rest)
-        data = _filter_forward(chunk, self.filters)
-        if self._cctx is not None:
-            data = self._cctx.compress(data)
-        self._chunks.append(data)
+        if self._stored is not None:
+            data = _filter_forward(chunk, self.filters)
+            if self._cctx is not None:
+                data = self._cctx.compress(data)
+            self._stored.add(data)
+        if self._raw is not None:
+            self._count(chunk)
+            if self._raw is not None:
+                self._raw.add(np.ascontiguousarray(chunk).tobytes())
+
+    def _count(self, chunk: np.ndarray) -> None:
+        top = int(chunk.max()) + 1 if chunk.size else 0
+        if top > entropy.MAX_ALPHABET:
+            if self.coding == "rans":
+                raise ValueError(f"a rans stream holds symbols below {entropy.MAX_ALPHABET}, got {top - 1}")
+            self._raw.close()   # auto: zstd it is
+            self._raw = None
+            return
+        if top > self._counts.shape[1]:
+            self._counts = np.pad(self._counts, ((0, 0), (0, top - self._counts.shape[1])))
+        for m in range(self.width):
+            self._counts[m, :top] += np.bincount(chunk[:, m], minlength=top)
 
     def _meta(self) -> dict:
         return {"dtype": self.dtype.name, "rows": self.rows, "width": self.width,
                 "chunk_rows": self.chunk_rows, "coding": self.coding, "filters": self.filters}
 
-    def finish(self) -> tuple[dict, bytes]:
+    def _rans(self):
+        """(meta, model bytes, coded store) of the rans coding of the rows, or None when the model
+        would exceed the counter cap."""
+        S = max(2, self._counts.shape[1])
+        counts = np.pad(self._counts, ((0, 0), (0, S - self._counts.shape[1])))
+        counts[counts.sum(1) == 0, 0] = 1   # an empty stream: any valid table
+        table = entropy.normalise_counts(counts).astype(np.int64)
+        nchunks = len(self._raw.ends)
+        firsts = [k * self.chunk_rows for k in range(nchunks)]
+        sizes = [min(self.chunk_rows, self.rows - f) for f in firsts]
+
+        def block(k):
+            return np.frombuffer(self._raw.get(k), dtype=self.dtype).reshape(sizes[k], self.width)
+
+        sample = sorted({k * nchunks // RANS_ESTIMATE_CHUNKS for k in range(RANS_ESTIMATE_CHUNKS)} & set(range(nchunks)))
+        inc = entropy.choose_increment([block(k) for k in sample], table, [firsts[k] for k in sample],
+                                       self.group_rows, self.group_phase, self.chunk_rows)
+        if inc is None:
+            return None
+        store = self._new_store()
+        try:
+            for k in range(nchunks):
+                store.add(entropy.encode_chunk(block(k), table, firsts[k], self.group_rows, self.group_phase, inc))
+        except BaseException:
+            store.close()
+            raise
+        model = entropy.pack_model(table)
+        meta = self._meta()
+        meta.update(coding="rans", filters=[],
+                    rans={"alphabet": S, "increment": inc, "group_rows": self.group_rows,
+                          "group_phase": self.group_phase if self.group_rows else 0,
+                          "model_bytes": len(model), "model_crc32": crc32(model)})
+        return meta, model, store
+
+    def _choose(self):
+        if self._chosen is not None:
+            return self._chosen
         if self._pending_rows:
             self._flush(self._pending_rows)
+        rans = self._rans() if self._raw is not None else None
+        if rans is None and self.coding == "rans":
+            raise ValueError("the stream's rans model exceeds the decoder's counter cap; code it with zstd")
+        if rans is not None and (self._stored is None or len(rans[1]) + rans[2].total < self._stored.total):
+            meta, model, store = rans
+            if self._stored is not None:
+                self._stored.close()
+            self._stored, base, head = store, len(model), [model]
+        else:
+            if rans is not None:
+                rans[2].close()
+            meta, base, head = self._meta(), 0, []
+            if self.coding == "auto":
+                meta["coding"] = "zstd"
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         index = bytearray()
-        end = 0
-        for chunk in self._chunks:
-            end += len(chunk)
-            index += CHUNK_ENTRY.pack(end, crc32(chunk), 0)
-        payload = b"".join(self._chunks) + bytes(index)
-        return self._meta(), payload
+        for end, crc in zip(self._stored.ends, self._stored.crcs):
+            index += CHUNK_ENTRY.pack(base + end, crc, 0)
+        self._chosen = meta, head, bytes(index)
+        return self._chosen
+
+    def finish(self) -> tuple[dict, bytes]:
+        meta, parts = self.finish_parts()
+        return meta, b"".join(bytes(p) for p in parts)
 
     def finish_parts(self) -> tuple[dict, Iterable]:
-        """Like :meth:`finish`, but the payload as an iterable of byte strings (written in order)."""
-        meta, payload = self.finish()
-        return meta, [payload]
+        """The section's entry fields and its payload as an iterable of byte strings (in order)."""
+        meta, head, index = self._choose()
+
+        def parts():
+            yield from head
+            yield from self._stored.parts()
+            yield index
+        return meta, parts()
 
     def close(self) -> None:
-        """Release what the builder holds (nothing to do for an in-memory builder)."""
+        """Release what the builder holds (its spool files)."""
+        for store in (self._stored, self._raw):
+            if store is not None:
+                store.close()
 
 
 class SpooledStreamBuilder(StreamBuilder):
-    """A :class:`StreamBuilder` that keeps its compressed chunks in a temporary file, not in memory.
+    """A :class:`StreamBuilder` that keeps its coded chunks (and, for rans, the rows) in temporary
+    files, not in memory.
 
     Only the chunk index (16 bytes a chunk) stays in memory, so a stream of any size is built
     with memory bounded by one chunk.  The spool is an anonymous temporary file in ``folder``
@@ -293,46 +483,15 @@ class SpooledStreamBuilder(StreamBuilder):
     the container in pieces.  The bytes are those :class:`StreamBuilder` would produce.
     """
 
-    COPY_BYTES = 1 << 20
-
     def __init__(self, dtype, width: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 coding: str = "zstd", level: int | None = None, filters=None, folder=None):
-        super().__init__(dtype, width, chunk_rows=chunk_rows, coding=coding, level=level, filters=filters)
-        self._spool = tempfile.TemporaryFile(dir=folder, prefix=".slcodec-spool-")
-        self._index = bytearray()
-        self._end = 0
+                 coding: str = "zstd", level: int | None = None, filters=None, folder=None,
+                 group_rows: int = 0, group_phase: int = 0):
+        self._folder = folder
+        super().__init__(dtype, width, chunk_rows=chunk_rows, coding=coding, level=level, filters=filters,
+                         group_rows=group_rows, group_phase=group_phase)
 
-    def _flush(self, n: int) -> None:
-        super()._flush(n)
-        chunk = self._chunks.pop()
-        self._spool.write(chunk)
-        self._end += len(chunk)
-        self._index += CHUNK_ENTRY.pack(self._end, crc32(chunk), 0)
-
-    def finish(self) -> tuple[dict, bytes]:
-        meta, parts = self.finish_parts()
-        return meta, b"".join(parts)
-
-    def finish_parts(self) -> tuple[dict, Iterable]:
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        return self._meta(), self._parts()
-
-    def _parts(self):
-        self._spool.flush()
-        self._spool.seek(0)
-        left = self._end
-        while left:
-            piece = self._spool.read(min(left, self.COPY_BYTES))
-            if not piece:
-                raise OSError(f"stream spool file ended {left} bytes early")
-            left -= len(piece)
-            yield piece
-        yield bytes(self._index)
-
-    def close(self) -> None:
-        if not self._spool.closed:
-            self._spool.close()
+    def _new_store(self) -> _ChunkStore:
+        return _SpooledChunkStore(self._folder)
 
 
 # --------------------------------------------------------------------------- writer
@@ -430,6 +589,9 @@ class ContainerWriter:
         # minor: the newest format feature the file uses (informational; readers ignore it)
         minor = max(int(minor), FORMAT_MINOR_SHARDED if required_flags & (FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS)
                     else FORMAT_MINOR)
+        if any(s["kind"] == "stream" and s["coding"] == "rans" for s in self.sections):
+            required_flags |= FLAG_RANS_STREAMS   # a reader that cannot decode rans must refuse the file
+            minor = max(minor, FORMAT_MINOR_RANS)
         pre = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, required_flags, optional_flags, 0,
                             header_offset, len(data), file_length, crc32(data), b"\0" * 8, 0)
         pre = pre[:60] + struct.pack("<I", crc32(pre[:60]))
@@ -551,6 +713,10 @@ class Container:
         pre = Preamble(major, minor, req, opt, h_off, h_len, f_len, h_crc)
         _check_sections(header, buf, h_off, bad)
         _check_sharding(header, req, bad)
+        if not req & FLAG_RANS_STREAMS and any(s["kind"] == "stream" and s.get("coding") == "rans"
+                                               for s in header["sections"]):
+            bad("a stream is coded 'rans' but required flag bit 2 (0x4, format 1.6) is not set",
+                rules.SECTION_CONTENT)
         return cls(path, buf, pre, header, fileobj, mm)
 
     @property
@@ -720,6 +886,8 @@ def _check_section_meta(sec: dict, bad) -> None:
         nchunks = -(-sec["rows"] // sec["chunk_rows"])
         if nchunks * CHUNK_ENTRY.size > sec["length"]:
             bad(f"stream section {name!r} is too short for its {nchunks}-chunk index", rules.SECTION_CONTENT)
+        if sec["coding"] == "rans":
+            entropy.check_meta(sec, sec["length"], bad)
         if sec["chunk_rows"] * sec["width"] * np.dtype(sec["dtype"]).itemsize > MAX_CHUNK_BYTES:
             bad(f"stream section {name!r}: chunks of {sec['chunk_rows']} rows exceed the "
                 f"{MAX_CHUNK_BYTES}-byte chunk limit", rules.SECTION_CONTENT)
@@ -758,11 +926,16 @@ class StreamReader:
         payload = container._buf[sec["offset"]:sec["offset"] + sec["length"]]
         index_start = sec["length"] - self.nchunks * CHUNK_ENTRY.size
         self._payload = payload
+        #: rans (format 1.6): the frequency table's bytes precede chunk 0; decoded on first use
+        self._rans = sec.get("rans") if sec["coding"] == "rans" else None
+        self._table = None
         # the index read at once (a Python loop over a million entries took ~1 s)
         index = np.frombuffer(payload, dtype=_INDEX_DTYPE, count=self.nchunks, offset=index_start)
         ends = index["end"]
         starts = np.zeros_like(ends)
         starts[1:] = ends[:-1]
+        if self._rans is not None and self.nchunks:
+            starts[0] = self._rans["model_bytes"]
         bad = (index["reserved"] != 0) | (ends < starts) | (ends > index_start)
         if bad.any():
             k = int(np.argmax(bad))
@@ -809,17 +982,44 @@ class StreamReader:
             raise FormatError(f"{bad_chunk}: holds {len(raw)} bytes, expected {expected}", rule=rules.SECTION_CONTENT)
         return raw
 
+    def _model(self) -> np.ndarray:
+        """The rans stream's frequency table ``[width, alphabet]``, checked (its CRC, then the rules
+        of :func:`slcodec.format.entropy.unpack_model`)."""
+        if self._table is None:
+            r = self._rans
+            data = self._payload[:r["model_bytes"]]
+            where = f"{self.c.path}: stream {self.name!r}"
+            if crc32(data) != r["model_crc32"]:
+                raise FormatError(f"{where}: frequency table checksum mismatch (damaged file)", rule=rules.SECTION_CRC)
+            self._table = entropy.unpack_model(data, self.width, r["alphabet"], where)
+        return self._table
+
+    def _decode_rans(self, k: int) -> np.ndarray:
+        data = self._payload[self._starts[k]:self._ends[k]]
+        bad_chunk = f"{self.c.path}: stream {self.name!r} chunk {k}"
+        if crc32(data) != self._crcs[k]:
+            raise FormatError(f"{bad_chunk}: checksum mismatch (damaged file)", rule=rules.SECTION_CRC)
+        r = self._rans
+        return entropy.decode_chunk(data, self.chunk_rows_of(k), self._model(), k * self.chunk_rows,
+                                    r["group_rows"], r["group_phase"], r["increment"], self.dtype, bad_chunk)
+
     def verify_chunk(self, k: int) -> None:
         """Every check of :meth:`read_chunk` without building the rows (the filters only reorder
         bytes of the right size and cannot fail): memory of one chunk, nothing cached."""
-        self._inflate(k)
+        if self._rans is not None:
+            self._decode_rans(k)
+        else:
+            self._inflate(k)
 
     def read_chunk(self, k: int) -> np.ndarray:
         cached = self._cache.get(k)
         if cached is not None:
             return cached
-        raw = self._inflate(k)
-        arr = _filter_inverse(raw, self.dtype, self.chunk_rows_of(k), self.width, self.sec["filters"])
+        if self._rans is not None:
+            arr = self._decode_rans(k)
+        else:
+            raw = self._inflate(k)
+            arr = _filter_inverse(raw, self.dtype, self.chunk_rows_of(k), self.width, self.sec["filters"])
         arr.setflags(write=False)
         # a small cache (sequential and nearby random reads hit it), bounded in entries and in
         # bytes: 8 chunks of ~1 MiB as slcodec writes them, but never 8 chunks of 64 MiB

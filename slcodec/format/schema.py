@@ -45,9 +45,18 @@ _SECTION = {
         "rows": {"type": "int", "min": 0, "max": U64},
         "width": {"type": "int", "min": 1, "max": 2**31},
         "chunk_rows": {"type": "int", "min": 1, "max": 2**31},
-        "coding": {"type": "str", "enum": ["raw", "zstd"]},
+        "coding": {"type": "str", "enum": ["raw", "zstd", "rans"]},
         "filters": {"type": "array", "max_items": 4,
                     "items": {"type": "str", "enum": ["transpose", "byteshuffle"]}},
+        # format 1.6, streams coded "rans": the model (FORMAT.md, "Stream coding rans")
+        "rans": {"type": "map",
+                 "required": ["alphabet", "increment", "group_rows", "group_phase", "model_bytes", "model_crc32"],
+                 "keys": {"alphabet": {"type": "int", "min": 2, "max": 1 << 16},
+                          "increment": {"type": "int", "min": 0, "max": 1 << 16},
+                          "group_rows": {"type": "int", "min": 0, "max": 1 << 16},
+                          "group_phase": {"type": "int", "min": 0, "max": (1 << 16) - 1},
+                          "model_bytes": {"type": "int", "min": 0, "max": U64},
+                          "model_crc32": {"type": "int", "min": 0, "max": 2**32 - 1}}},
     },
 }
 

@@ -384,7 +384,15 @@ def _copy_stream(builder, reader, start: int, stop: int) -> None:
         builder.append(reader.read_rows(lo, min(stop, lo + step)))
 
 
-def _builder_like(sec: dict, folder) -> SpooledStreamBuilder:
+def _builder_like(sec: dict, folder, first_row: int = 0) -> SpooledStreamBuilder:
+    """A builder for the rows of stream ``sec`` from its row ``first_row`` on; a rans stream (1.6)
+    keeps its context groups (the views of an image) where they are in the labels."""
+    rans = sec.get("rans") if sec["coding"] == "rans" else None
+    if rans is not None:
+        group = rans["group_rows"]
+        return SpooledStreamBuilder(sec["dtype"], sec["width"], chunk_rows=sec["chunk_rows"], coding="rans",
+                                    filters=[], folder=folder, group_rows=group,
+                                    group_phase=(rans["group_phase"] + first_row) % group if group else 0)
     return SpooledStreamBuilder(sec["dtype"], sec["width"], chunk_rows=sec["chunk_rows"], coding=sec["coding"],
                                 filters=sec["filters"], folder=folder)
 
@@ -465,7 +473,7 @@ def split(path, out_manifest, shards: int | None = None, shard_rows: int | None 
                 stop = min(n, start + rows)
                 bs = {}
                 for s in stream_secs:
-                    b = bs[s["name"][len("streams/"):]] = _builder_like(s, w.folder)
+                    b = bs[s["name"][len("streams/"):]] = _builder_like(s, w.folder, start)
                     builders.append(b)
                     _copy_stream(b, c.stream(s["name"]), start, stop)
                 entries.append(w.write_shard(k, start, stop - start, bs))

@@ -42,6 +42,7 @@ from .._checks import check_int
 from .._version import __version__
 from ..codecs.base import SOURCE_KINDS, Codec, Context, get_codec_class
 from ..errors import ConfigError
+from ..format import entropy
 from ..format.container import DEFAULT_CHUNK_ROWS, SpooledStreamBuilder
 from .device import default_codec, resolve_device
 from .output import Encoded, ExtraSections, FileOutput, ShardedOutput, TeamOutput
@@ -51,6 +52,9 @@ from .rows import label_block
 DEFAULT_FIT_SAMPLE = 100_000
 #: the float32 fit sample is kept under this many bytes
 FIT_ROWS_MAX_BYTES = 1 << 31
+#: codecs whose label streams are coded "auto": each stream is stored with zstd or with the rans
+#: entropy coder (format 1.6), whichever is smaller (vq's code indices: BENCHMARKS.md section 14)
+ENTROPY_CODED = ("vq",)
 
 
 def stream_chunk_rows(dtype: str, width: int) -> int:
@@ -268,9 +272,23 @@ class Writer:
         self._new_builders()
 
     def _new_builders(self):
-        self._builders = {name: SpooledStreamBuilder(dtype, width, chunk_rows=self._chunk_rows(dtype, width),
-                                                     folder=self.folder)
-                          for name, (dtype, width) in self._specs.items()}
+        self._builders = {name: self._builder(dtype, width) for name, (dtype, width) in self._specs.items()}
+
+    def _builder(self, dtype, width) -> SpooledStreamBuilder:
+        """A label stream's builder.  For a codec of ENTROPY_CODED, coding "auto" with the views of
+        one image as rans's context group, and chunks of whole images where they fit in one."""
+        chunk_rows = self._chunk_rows(dtype, width)
+        if self.codec_id not in ENTROPY_CODED:
+            return SpooledStreamBuilder(dtype, width, chunk_rows=chunk_rows, folder=self.folder)
+        views = self.shape[1] if self.shape is not None and len(self.shape) == 2 else 0
+        group_rows = views if 2 <= views <= entropy.MAX_CHUNK_ROWS else 0
+        if group_rows:
+            chunk_rows = max(1, chunk_rows // group_rows) * group_rows
+            if chunk_rows > entropy.MAX_CHUNK_ROWS:
+                chunk_rows = group_rows
+        phase = (self.first_row + self._shard_start) % group_rows if group_rows else 0
+        return SpooledStreamBuilder(dtype, width, chunk_rows=min(chunk_rows, entropy.MAX_CHUNK_ROWS), coding="auto",
+                                    folder=self.folder, group_rows=group_rows, group_phase=phase)
 
     def _encode(self, block):
         """Encode ``block``, sealing the streams whenever the output says they are full (a shard)."""
