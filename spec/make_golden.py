@@ -51,6 +51,11 @@ def cases():
         "v1.2-vq-image-bias-logits": (np.load(FIXTURE)[:4, :16], "vq",
                                       {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
                                        "train_batch": 64, "image_bias": "on"}, "probs", 1e-4, "1.2"),
+        # format 1.5: vq with int8 weights and codebooks (one float32 scale per output channel,
+        # float16 biases); decoding is float32 arithmetic on the dequantised weights
+        "v1.5-vq-int8-logits": (np.load(FIXTURE)[:4, :16], "vq",
+                                {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
+                                 "train_batch": 64, "param_dtype": "int8"}, "probs", 1e-4, "1.5"),
         # format 1.7: vq with the sparse image prior (per image its 8 most likely classes at uint8 levels,
         # the other classes at an FP16 profile of the set plus one FP16 offset per image)
         "v1.7-vq-sparse-prior-logits": (np.load(FIXTURE)[:4, :16], "vq",

@@ -72,6 +72,9 @@ def rewrite_file(src, out, params=None, config=None, shape=None, minor=2):
                         cw.add_array(name, params[name[7:]])
                     continue
                 _copy_section(cw, c, sec, os.path.dirname(out), builders)
+            for name, a in (params or {}).items():   # params the file did not have: added
+                if a is not None and "params/" + name not in c.sections:
+                    cw.add_array("params/" + name, a)
             cw.commit(header, minor=minor)
         for b in builders:
             b.close()

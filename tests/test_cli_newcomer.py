@@ -133,7 +133,8 @@ def test_verify_runs_the_codec_checks_without_torch(no_torch):
 
 @pytest.mark.parametrize("name, minor", [("v1.2-sparse-k5-logits.vqsl", 2),
                                          ("v1.3-sparse-k2-prior-classes-logits.vqsl", 3),
-                                         ("v1.2-vq-image-bias-logits.vqsl", 2)])
+                                         ("v1.2-vq-image-bias-logits.vqsl", 2),
+                                         ("v1.5-vq-int8-logits.vqsl", 5)])
 def test_split_and_merge_without_torch_keep_the_format_minor(no_torch, tmp_path, name, minor):
     src = os.path.join(GOLDEN, name)
     r = run_cli("split", src, "-o", tmp_path / "set.vqsl", "--shards", "2", "-q", extra_path=no_torch)

@@ -18,7 +18,8 @@ from slcodec.codecs.vq import TOP1_RANKS, VQCodec, apply_top1, nominal_bits, rat
 from slcodec.errors import ConfigError, FormatError  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "slcodec" / "data" / "lite0_8x64_fp16.npy"
-TINY = dict(codes=2, codebook_size=16, code_dim=4, hidden=32, steps=40, train_batch=64)
+# float16 parameters: the format-1.0 layout these tests check (int8, the auto default: test_vq_int8.py)
+TINY = dict(codes=2, codebook_size=16, code_dim=4, hidden=32, steps=40, train_batch=64, param_dtype="float16")
 
 
 def _fixture():

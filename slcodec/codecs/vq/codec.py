@@ -17,6 +17,7 @@ from ..rules import Choice, Float, FloatList, Int
 from .config import (ARGMAX_BITS, MAX_CODEBOOK, MAX_CODES, MAX_DECODER_LAYERS, MAX_HIDDEN, MAX_MARGIN, TOP1_RANKS,
                      _opt_int, nominal_bits, rate_for_bits)
 from .fit import FittingMixin
+from .quant import PARAM_DTYPES, SCALE_SUFFIX, dequantise, stored_dtype, table_dtype, with_scales
 from .networks import _Decoder, _nearest, _to_logits, logit_bound
 from .prior import ImagePriorMixin, check_sparse_prior, sparse_prior_abs_bound
 from .table import _FastDecoder
@@ -73,8 +74,11 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
                rule=Float(0.0, 1.0, hi_open=True)),
         Option("finetune", float, 0.25, "fraction of steps refitting the decoder on frozen indices",
                rule=Float(0.0, 1.0, hi_open=True)),
-        Option("param_dtype", str, "float16", "dtype of stored codebooks/decoder", choices=("float16", "float32"),
-               rule=Choice(("float16", "float32"))),
+        Option("param_dtype", str, "auto", "dtype of the stored codebooks and decoder weights: int8 (one "
+               "float32 scale per output channel, biases float16; format 1.5), float16 or float32; auto: int8 "
+               "when its mean KL at T = 1 and at T = 4 on the fit sample is within 2 percent of float16's, else float16",
+               choices=PARAM_DTYPES,
+               rule=Choice(PARAM_DTYPES)),
         Option("encoder_input", str, "auto", "encoder first layer: dense over C, or embedding-bag of top-k",
                choices=("auto", "dense", "topk"),
                rule=Choice(("auto", "dense", "topk"))),
@@ -127,6 +131,11 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         self._bias_dev = {}       # device -> that table
         self._augs = None         # augmentations per image (labels.shape[1]) when image_bias is on
 
+    def _table_dtype(self) -> str:
+        """dtype of a stored image prior's float arrays: float32 in float32 files, float16 otherwise
+        (int8 covers the decoder's weights only; ``auto`` is resolved after the prior is built)."""
+        return table_dtype(self.config["param_dtype"]).name
+
     def _check_code_table(self, hidden):
         """The first-layer table a reader builds (``[M * K, hidden]`` float32) within its cap."""
         size = self.M * self.K * hidden * 4
@@ -161,7 +170,10 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         return cfg
 
     def format_minor(self):
-        return {"on": 2, "sparse": 7}.get(self.config["image_bias"], 0)
+        minor = {"on": 2, "sparse": 7}.get(self.config["image_bias"], 0)
+        if self.config["param_dtype"] == "int8":   # format 1.5: int8 weights with per-channel scales
+            minor = max(minor, 5)
+        return minor
 
     # ------------------------------------------------------------------ params
     def get_params(self):
@@ -185,7 +197,7 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
     def _dec(self):
         """The _Decoder of the stored parameters (param_dtype -> float32), or None before fit/set_params."""
         if self._dec_t is None and self._params_np is not None:
-            self._dec_t = _Decoder({k: torch.from_numpy(v.astype(np.float32)) for k, v in self._params_np.items()})
+            self._dec_t = _Decoder({k: torch.from_numpy(v) for k, v in dequantise(self._params_np).items()})
         return self._dec_t
 
     @property
@@ -209,12 +221,19 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         check_classes(self.codec_id, C)
         # every bound of the config was checked already (decoder_layers <= 64: a few shapes to list)
         want = _Decoder.shapes(C, M, K, d, H, L)
+        if cfg["param_dtype"] == "auto":   # a codec built in code (a file's config names its dtype): the params tell
+            cfg["param_dtype"] = "int8" if "w_out" + SCALE_SUFFIX in params else str(params["b_out"].dtype)
+            if cfg["param_dtype"] not in PARAM_DTYPES:
+                raise FormatError(f"vq: parameter 'b_out' is {params['b_out'].dtype}, expected float16 or float32",
+                                  rule=rules.CODEC_PARAMS)
+        if cfg["param_dtype"] == "int8":   # format 1.5: each weight matrix and the codebooks have a scale array
+            want = with_scales(want)
         ib = cfg["image_bias"]
         if ib == "auto":   # a codec built in code (a file's config says on, sparse or nothing): the params tell
             ib = cfg["image_bias"] = ("on" if "image_bias" in params
                                       else "sparse" if "image_prior_ids" in params else "off")
         augs = None
-        pdt = np.dtype(cfg["param_dtype"])
+        pdt = np.dtype(self._table_dtype())
         sparse = None
         if ib in ("on", "sparse"):
             shape = ctx.label_shape
@@ -240,12 +259,15 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
                               f"(expected {sorted(want)})", rule=rules.CODEC_PARAMS)
         clean = {}
         for k, shp in want.items():
-            a = params[k]
-            if not isinstance(a, np.ndarray) or a.dtype != pdt or tuple(a.shape) != shp:
+            a, dt = params[k], stored_dtype(k, cfg["param_dtype"])
+            if not isinstance(a, np.ndarray) or a.dtype != dt or tuple(a.shape) != shp:
                 got = (getattr(a, "dtype", type(a).__name__), getattr(a, "shape", None))
-                raise FormatError(f"vq: parameter {k!r} is {got}, expected {pdt} {shp}", rule=rules.CODEC_PARAMS)
-            if not np.isfinite(a).all():
+                raise FormatError(f"vq: parameter {k!r} is {got}, expected {dt} {shp}", rule=rules.CODEC_PARAMS)
+            if dt.kind == "f" and not np.isfinite(a).all():
                 raise FormatError(f"vq: parameter {k!r} has non-finite values", rule=rules.CODEC_PARAMS)
+            if k.endswith(SCALE_SUFFIX) and not (a > 0).all():
+                raise FormatError(f"vq: scale {k!r} has values <= 0 (an int8 parameter's scales are positive)",
+                                  rule=rules.CODEC_PARAMS)
             clean[k] = np.ascontiguousarray(a)
         # the sparse prior's largest |row entry|: |profile| + |offset| or a level's depth (<= 64 nats)
         bound = logit_bound(clean if sparse is None else
@@ -315,6 +337,9 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         config.setdefault("image_bias", "off")   # absent before format 1.2: no image prior
         if config["image_bias"] == "auto":
             raise ConfigError("vq: a stored image_bias must be on, sparse or off, not auto")
+        config.setdefault("param_dtype", "float16")   # the only dtype before the option existed
+        if config["param_dtype"] == "auto":
+            raise ConfigError("vq: a stored param_dtype must be int8, float16 or float32, not auto")
         if "image_bias_k" in config and config["image_bias"] != "sparse":
             raise ConfigError("vq: image_bias_k is stored only with image_bias=sparse")
         return cls(**config)

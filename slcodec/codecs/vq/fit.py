@@ -17,7 +17,9 @@ from ...format import limits
 from ..base import Context
 from .config import DEFAULT_HIDDEN, DENSE_MAX_CLASSES, FIT_MAX_ELEMENTS, SMALL_C, SMALL_C_HIDDEN, TOP1_HINGE
 from .networks import _Decoder, _Encoder, _lookup, _nearest, _to_logits, logit_bound
+from .quant import INT8_CHECK_ROWS, INT8_CHECK_TEMPERATURES, INT8_MAX_KL_RATIO, dequantise
 from .prior import sparse_prior_abs_bound
+from .quant import quantise
 from .top1 import train_top1
 
 
@@ -43,19 +45,27 @@ class FittingMixin:
         t0 = time.perf_counter()
         tr = _Trainer(self, labels, ctx)
         idx_all = tr.train()
-        params_np = self._stored_params(tr.dec)
+        params_np = self._stored_params(tr.dec, tr, idx_all)
         self._set_decoder(params_np)
         self.fit_info = tr.fit_info(idx_all, params_np, time.perf_counter() - t0)
         self._log(ctx, f"vq: fitted M={self.M} K={self.K} on {tr.n} labels in {self.fit_info['fit_seconds']:.1f}s, "
                        f"usage {self.fit_info['code_usage_mean']:.3f}, "
                        f"entropy {self.fit_info['index_entropy_total']:.2f} bits")
 
-    def _stored_params(self, dec) -> dict:
-        """The decoder rounded to the stored dtype (so the fitting process decodes exactly as a
-        reader will), refused when non-finite or when a reader would reject its logit bound."""
+    def _stored_params(self, dec, tr=None, idx_all=None) -> dict:
+        """The decoder rounded to the stored dtype (so the fitting process - its encoder's top1
+        stream - decodes exactly as a reader will), refused when non-finite or when a reader would
+        reject its logit bound.  ``param_dtype="auto"`` picks int8 or float16 here (quant.py)."""
         cfg = self.config
-        pdt = getattr(np, cfg["param_dtype"])
-        params_np = {k: v.detach().cpu().numpy().astype(pdt) for k, v in dec.t.items()}
+        f32 = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in dec.t.items()}
+        self._param_choice = None
+        if cfg["param_dtype"] == "auto":
+            self._param_choice = choose_param_dtype(self, f32, tr, idx_all)
+            cfg["param_dtype"] = self._param_choice["chosen"]
+        if cfg["param_dtype"] == "int8":
+            params_np = quantise(f32)
+        else:
+            params_np = {k: v.astype(cfg["param_dtype"]) for k, v in f32.items()}
         if not all(np.isfinite(a).all() for a in params_np.values()):
             raise ConfigError("vq: fitting diverged (non-finite decoder weights); try a smaller lr")
         pb = dict(params_np, **({} if self._bias_np is None else {"image_bias": self._bias_np}))
@@ -97,6 +107,35 @@ class FittingMixin:
             z = self._enc.infer(x[i:i + br])
             out.append(_nearest(z, self._assign_cb))
         return torch.cat(out) if out else torch.zeros((0, self.M), dtype=torch.long, device=dev)
+
+
+@no_grad
+def choose_param_dtype(codec, f32: dict, tr, idx_all) -> dict:
+    """``param_dtype="auto"``: int8 when the int8 decoder's mean KL at T = 1 and at T = 4 on (at
+    most INT8_CHECK_ROWS evenly spaced rows of) the fit sample is within INT8_MAX_KL_RATIO of the
+    float16 decoder's, both decoding as a reader does (image prior added, top-1 rule applied) on
+    the sample's frozen codes; float16 otherwise.  Returns the decision and the KL it rests on."""
+    out = {"temperatures": list(INT8_CHECK_TEMPERATURES), "max_kl_ratio": INT8_MAX_KL_RATIO}
+    if tr is None or idx_all is None or tr.n == 0:
+        return dict(out, chosen="float16", rows=0, reason="no fit sample")
+    sel = torch.arange(0, tr.n, max(1, -(-tr.n // INT8_CHECK_ROWS)), device=tr.dev)
+    cfg = codec.config
+    cand = {"float16": {k: v.astype(np.float16) for k, v in f32.items()}, "int8": quantise(f32)}
+    for name, stored in cand.items():
+        dec = _Decoder({k: torch.from_numpy(v).to(tr.dev) for k, v in dequantise(stored).items()})
+        kl = np.zeros(len(INT8_CHECK_TEMPERATURES))
+        for i in range(0, sel.numel(), 4096):
+            bi = sel[i:i + 4096]
+            z = dec.forward(_lookup(dec.t["codebooks"], idx_all[bi]).reshape(bi.numel(), -1))
+            if tr.b_all is not None:
+                z = z + tr.b_all[bi]
+            z = train_top1(z, tr.cls_all[bi], cfg["margin"], cfg["top1_rule"])
+            for j, T in enumerate(INT8_CHECK_TEMPERATURES):
+                lp = torch.log_softmax(tr.x[bi] / T, dim=1)
+                kl[j] += float((lp.exp() * (lp - torch.log_softmax(z / T, dim=1))).sum())
+        out["kl_" + name] = [float(v / sel.numel()) for v in kl]
+    ok = all(k8 <= INT8_MAX_KL_RATIO * k16 for k8, k16 in zip(out["kl_int8"], out["kl_float16"]))
+    return dict(out, chosen="int8" if ok else "float16", rows=int(sel.numel()))
 
 
 def _lr_at(s, total, base):
@@ -322,6 +361,8 @@ class _Trainer:
             "param_bytes": int(sum(a.nbytes for a in params_np.values())),
             "image_bias": cfg["image_bias"],
             "rank_weight": cfg["rank_weight"],
+            "param_dtype": cfg["param_dtype"],
+            "param_dtype_choice": getattr(codec, "_param_choice", None),   # auto: the KL it was decided on
             "image_bias_bytes": (int(codec._bias_np.nbytes) if codec._bias_np is not None else
                                  int(sum(a.nbytes for a in codec._sparse_np.values())) if codec._sparse_np is not None
                                  else 0),

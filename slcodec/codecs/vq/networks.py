@@ -13,6 +13,7 @@ F = lazy_import("torch.nn.functional", globals(), "F")
 
 from ...errors import ConfigError
 from .config import LOG_CLAMP
+from .quant import SCALE_SUFFIX, dequantise
 
 
 def _gelu(x):
@@ -140,6 +141,8 @@ def logit_bound(params: dict, layers: int, margin: float) -> float:
     GELU has ``|gelu(x)| <= |x|``; a residual block adds its output to its input), then the image
     prior's largest |entry| and the margin of the top-1 fix.  A file whose bound exceeds
     VQ_MAX_LOGIT_BOUND is rejected, so decoding in float32 can never overflow to inf or NaN."""
+    if "w_out" + SCALE_SUFFIX in params:   # int8 (format 1.5): the bound of the weights decoding uses
+        params = dequantise(params)
     with np.errstate(over="ignore", invalid="ignore"):
         h = _abs_colsum_bound(float(np.abs(params["codebooks"]).max()), params["w_in"], params["b_in"])
         for i in range(layers):

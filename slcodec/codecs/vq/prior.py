@@ -130,7 +130,7 @@ class ImagePriorMixin:
         if label_shape is None or len(label_shape) != 2:
             return False
         k = self.config["image_bias_k"]
-        pb = np.dtype(self.config["param_dtype"]).itemsize
+        pb = np.dtype(self._table_dtype()).itemsize
         return (4 * k <= classes
                 and sparse_prior_bits(int(label_shape[0]), int(label_shape[1]), classes, k, pb) <= SPARSE_PRIOR_MAX_BITS)
 
@@ -177,10 +177,10 @@ class ImagePriorMixin:
             if ctx.rows is None or len(ctx.rows) != n_rows:
                 raise ConfigError("vq: image_bias needs the label indices of the fit sample (ctx.rows)")
             if mode == "on":
-                self._set_bias(self._image_means.astype(getattr(np, cfg["param_dtype"])), int(shape[1]))
+                self._set_bias(self._image_means.astype(self._table_dtype()), int(shape[1]))
             else:
                 # quantised here, and the fit, the encoder and a reader all use the dequantised rows
-                self._set_sparse(quantise_sparse_prior(self._image_means, cfg["image_bias_k"], cfg["param_dtype"]),
+                self._set_sparse(quantise_sparse_prior(self._image_means, cfg["image_bias_k"], self._table_dtype()),
                                  int(shape[1]))
         else:
             self._set_bias(None, None)
