@@ -80,6 +80,8 @@ def measure(corpus: Path, label: str, opts: dict, threads: int, tmp: str) -> dic
            "stored_config": {k: cfg.get(k) for k in ("image_bias", "image_bias_k", "param_dtype", "bits")},
            "bits_all": st["file_bytes"] * 8 / n, "marginal_bits": st["marginal_bits_per_label"],
            "fixed_bits_per_label": st["fixed_bytes"] * 8 / n, "prior_bits_per_label": prior_bytes * 8 / n,
+           **{f"{name}_bits": sum(e["bytes"] for e in st["sections"] if e["name"] == f"streams/{name}") * 8 / n
+              for name in ("codes", "top1")},
            **{k: v / n for k, v in acc.items()}, "encode_s": round(enc_s, 1), "decode_s": round(dec_s, 1),
            "fit_s": info.get("fit_seconds"), "metrics_s": round(time.perf_counter() - t1, 1)}
     row["misses"] = {k: (row[k] / t if row[k] > t else None) for k, t in
