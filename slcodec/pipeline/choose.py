@@ -82,6 +82,10 @@ def candidates(classes: int, images: bool) -> list[tuple[str, dict]]:
     out += [("sparse", {"k": k}) for k in ks]
     out += [("topk", {"k": k}) for k in (5, 10) if k < classes]
     vq_trial = {"steps": TRIAL_VQ_STEPS, "fit_threads": 1}
+    if classes <= 256:
+        # the small decoder at 3-4 bits: where 2% of FP16 is a few bits per label (3.2 at C = 10) it is
+        # the best fidelity within the budget once N amortises its ~6 KB (BENCHMARKS.md section 11)
+        out += [("vq", dict(vq_trial, hidden=32, decoder_layers=0, bits=b)) for b in (3, 4)]
     out += [("vq", dict(vq_trial, hidden=32, decoder_layers=0, bits=8)),
             ("vq", dict(vq_trial, hidden=64, decoder_layers=0, bits=16)),
             ("vq", dict(vq_trial))]
