@@ -432,7 +432,9 @@ class StreamBuilder:
         rans = self._rans() if self._raw is not None else None
         if rans is None and self.coding == "rans":
             raise ValueError("the stream's rans model exceeds the decoder's counter cap; code it with zstd")
-        if rans is not None and (self._stored is None or len(rans[1]) + rans[2].total < self._stored.total):
+        # whole-file bytes decide: the rans entry's longer header map counts against it
+        if rans is not None and (self._stored is None or len(rans[1]) + rans[2].total + len(_pack_msgpack(rans[0]))
+                                 < self._stored.total + len(_pack_msgpack(self._meta()))):
             meta, model, store = rans
             if self._stored is not None:
                 self._stored.close()

@@ -6,8 +6,8 @@ coder with vectorised categorical models) only.  FORMAT.md, "Stream coding `rans
 contract; this module is slcodec's implementation of it.
 
 The model of every symbol is a table of integer frequencies ``f`` (each >= 1, summing to exactly
-``2**24``) computed with integer arithmetic from the stored table and the counts of what was
-already decoded (:func:`frequencies`).  constriction takes float probabilities and quantises them
+``2**24``) computed with integer multiplications and shifts from the stored table and the counts
+of what was already decoded (:func:`frequencies`).  constriction takes float probabilities and quantises them
 to its own 24-bit fixed point; we hand it ``f - 1`` as float64.  Those are integers below
 ``2**24`` (exact in float64), their sum is exactly ``2**24 - S`` whatever the order of addition,
 so constriction's scale factor ``(2**24 - S) / sum`` is exactly 1.0 and its quantiser (one extra
@@ -72,21 +72,37 @@ def normalise_counts(counts: np.ndarray) -> np.ndarray:
     return table.astype(np.uint32)
 
 
-def frequencies(weights: np.ndarray) -> np.ndarray:
-    """Integer frequencies ``[k, S]`` (each >= 1, rows summing to 2**24) of weights ``[k, S]``
-    (non-negative int64, each row's sum > 0): ``f = 1 + floor(w * (2**24 - S) / W)``, and what is
-    left of 2**24 to the first symbol of largest weight."""
-    S = weights.shape[1]
-    W = weights.sum(1, keepdims=True)
-    f = 1 + (weights * (PROB_TOTAL - S)) // W
-    rest = PROB_TOTAL - f.sum(1)
-    f[np.arange(f.shape[0]), weights.argmax(1)] += rest
-    return f
+def frequencies(weights: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Integer frequencies ``[..., S]`` (each >= 1, summing to 2**24 along the last axis) of
+    weights ``[..., S]`` (non-negative int64, each sum W > 0): with ``A = floor(2**24 * (2**24 - S) / W)``,
+    ``f = 1 + floor(w * A / 2**24)``, and what is left of 2**24 to symbol ``top`` (``[...]``, the
+    column's first most frequent symbol of the stored table).  Multiplications and shifts only
+    (``w * A <= 2**48``): no division per symbol, none in floating point."""
+    return _freq_minus_one(weights, top) + 1
 
 
-def _probabilities(weights: np.ndarray) -> np.ndarray:
+def _freq_minus_one(weights: np.ndarray, top: np.ndarray) -> np.ndarray:
+    S = weights.shape[-1]
+    W = weights.sum(-1, keepdims=True)
+    A = (PROB_TOTAL * (PROB_TOTAL - S)) // W
+    # C order: weights gathered with fancy indexing may have permuted strides, and the rest must be
+    # added through a view (a reshape of such an array is a copy)
+    q = np.ascontiguousarray((weights * A) >> PRECISION)
+    rest = (PROB_TOTAL - S) - q.sum(-1)
+    flat = q.reshape(-1, S)
+    assert np.shares_memory(flat, q)
+    flat[np.arange(flat.shape[0]), np.broadcast_to(top, rest.shape).reshape(-1)] += rest.reshape(-1)
+    return q
+
+
+def _probabilities(weights: np.ndarray, top: np.ndarray) -> np.ndarray:
     """What constriction is given for weights (see the module docstring: f - 1, exact)."""
-    return (frequencies(weights) - 1).astype(np.float64)
+    return _freq_minus_one(weights, top).astype(np.float64, order="C")
+
+
+def table_top(table: np.ndarray) -> np.ndarray:
+    """Each column's first most frequent symbol of the stored table (it takes the rounding rest)."""
+    return np.asarray(table).argmax(1)
 
 
 def pack_model(table: np.ndarray) -> bytes:
@@ -163,24 +179,27 @@ def encode_chunk(block: np.ndarray, table: np.ndarray, first_row: int, group_row
     S = table.shape[1]
     sym = np.ascontiguousarray(block, dtype=np.int64)
     table = np.asarray(table, dtype=np.int64)
+    top = table_top(table)
     coder = c.stream.stack.AnsCoder()
     lay = ChunkLayout(first_row, n, group_rows, group_phase, increment)
     if not lay.adaptive:
         # column-major: column 0's rows first; coded in reverse so the decoder reads forward
+        probs = _probabilities(table, top)
         for m in range(width - 1, -1, -1):
-            model = c.stream.model.Categorical(_probabilities(table[m:m + 1])[0], perfect=False)
+            model = c.stream.model.Categorical(probs[m], perfect=False)
             coder.encode_reverse(sym[:, m].astype(np.int32), model)
     else:
         family = c.stream.model.Categorical(perfect=False)
-        counts = np.zeros((lay.groups, width, S), dtype=np.int64)
-        cols = np.arange(width)
-        np.add.at(counts, (lay.group_of[:, None], cols[None, :], sym), 1)
+        counts = np.zeros((width, lay.groups, S), dtype=np.int64)     # column-major, as the order
+        cols = np.arange(width)[:, None]
+        np.add.at(counts, (cols, lay.group_of[None, :], sym.T), 1)
         for rows in reversed(lay.waves):
             g = lay.group_of[rows]
-            counts[g[:, None], cols[None, :], sym[rows]] -= 1        # the counts before this wave
-            w = table[None] + increment * counts[g]                  # [r, width, S]
-            probs = _probabilities(w.transpose(1, 0, 2).reshape(-1, S))
-            coder.encode_reverse(sym[rows].T.reshape(-1).astype(np.int32), family, probs)
+            counts[cols, g[None, :], sym[rows].T] -= 1                # the counts before this wave
+            w = counts[:, g] * increment
+            w += table[:, None, :]                                      # [width, r, S]
+            probs = _probabilities(w, np.broadcast_to(top[:, None], w.shape[:2]))
+            coder.encode_reverse(sym[rows].T.reshape(-1).astype(np.int32), family, probs.reshape(-1, S))
     return np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
 
 
@@ -198,21 +217,26 @@ def decode_chunk(data, n: int, table: np.ndarray, first_row: int, group_rows: in
     lay = ChunkLayout(first_row, n, group_rows, group_phase, increment)
     try:
         coder = c.stream.stack.AnsCoder(words)
+        top = table_top(table)
         if not lay.adaptive:
+            probs = _probabilities(table, top)
             for m in range(width):
-                model = c.stream.model.Categorical(_probabilities(table[m:m + 1])[0], perfect=False)
-                out[:, m] = coder.decode(model, n)
+                out[:, m] = coder.decode(c.stream.model.Categorical(probs[m], perfect=False), n)
         else:
             family = c.stream.model.Categorical(perfect=False)
-            counts = np.zeros((lay.groups, width, S), dtype=np.int64)
-            cols = np.arange(width)
+            counts = np.zeros((width, lay.groups, S), dtype=np.int64)
+            cols = np.arange(width)[:, None]
+            tops = None
             for rows in lay.waves:
                 g = lay.group_of[rows]
-                w = table[None] + increment * counts[g]
-                sym = np.asarray(coder.decode(family, _probabilities(w.transpose(1, 0, 2).reshape(-1, S))),
-                                 dtype=np.int64).reshape(width, len(rows)).T
-                out[rows] = sym
-                counts[g[:, None], cols[None, :], sym] += 1
+                w = counts[:, g] * increment
+                w += table[:, None, :]
+                if tops is None or tops.shape[1] != len(rows):
+                    tops = np.broadcast_to(top[:, None], (width, len(rows)))
+                probs = _probabilities(w, tops)
+                sym = np.asarray(coder.decode(family, probs.reshape(-1, S)), dtype=np.int64).reshape(width, len(rows))
+                out[rows] = sym.T
+                counts[cols, g[None, :], sym] += 1
         empty = coder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as exc:   # constriction's "invalid compressed data"
         _bad(where, f"coded chunk is not a valid rANS stream ({exc})")
@@ -238,7 +262,7 @@ def estimate_bits(chunks, table: np.ndarray, first_rows, group_rows: int, group_
         n = sym.shape[0]
         lay = ChunkLayout(first, n, group_rows, group_phase, increment)
         if not lay.adaptive:
-            f = frequencies(table)
+            f = frequencies(table, table_top(table))
             bits -= float(np.log2(f[cols[None, :], sym] / PROB_TOTAL).sum())
             continue
         # the same symbol's earlier occurrences in the row's group (an occurrence count by sorting)
@@ -256,8 +280,8 @@ def estimate_bits(chunks, table: np.ndarray, first_rows, group_rows: int, group_
             occ = np.empty(n, dtype=np.int64)
             occ[order] = np.arange(n) - start[head]
             w = table[m, sym[:, m]] + increment * occ
-            W = TABLE_TOTAL + increment * t
-            p = np.maximum(w * (PROB_TOTAL - S) // W + 1, 1) / PROB_TOTAL
+            A = (PROB_TOTAL * (PROB_TOTAL - S)) // (TABLE_TOTAL + increment * t)
+            p = (1 + ((w * A) >> PRECISION)) / PROB_TOTAL
             bits -= float(np.log2(p).sum())
     return bits
 
