@@ -7,7 +7,9 @@ slcodec, reads the codec config bounds from FORMAT.md's own tables, and does its
 key/depth/count checks, its own layout and chunk-index walk and its own zstd frame check.
 It covers the container rules, the labels rules, the codec config bounds and the codec
 rules about names, dtypes, shapes and stream value ranges; the vq logit bound is recomputed
-as FORMAT.md gives it.
+as FORMAT.md gives it (on the dequantised values for vq's int8 parameters, format 1.5).
+Streams coded `rans` (format 1.6, required flag bit 2) are decoded by benchmarks/fuzz_rans.py,
+a plain decoder of FORMAT.md's section, every chunk to its final state.
 """
 from __future__ import annotations
 
@@ -22,10 +24,14 @@ import msgpack
 import numpy as np
 import zstandard
 
+import fuzz_rans
+
 MAGIC = b"\x89VQS\r\n\x1a\n"
 PRE = struct.Struct("<8sHHIIIQQQI8sI")
 DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 MAX_CLASSES = 2**20
+FLAG_MANIFEST, FLAG_EXTERNAL_PARAMS, FLAG_RANS_STREAMS = 0x1, 0x2, 0x4
+KNOWN_FLAGS = FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS | FLAG_RANS_STREAMS
 _DCTX = zstandard.ZstdDecompressor()  # one context for every chunk: making one costs ~80 us
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -168,8 +174,10 @@ def container_problems(data: bytes) -> Parsed:
         bad("magic")
     if major != 1:
         bad("version: major != 1")
-    if req & ~3 or req == 3:
+    if req & ~KNOWN_FLAGS:
         bad(f"required-flags {req:#x}")
+    if req & 3 == 3:
+        bad("manifest: a manifest (bit 0) also sets bit 1")
     p.flags = req
     if res != 0 or res2 != b"\0" * 8:
         bad("preamble-reserved")
@@ -252,7 +260,7 @@ def container_problems(data: bytes) -> Parsed:
         if kind == "array":
             _array_rules(e, name, bad)
         elif kind == "stream":
-            _stream_rules(e, name, payload, bad)
+            _stream_rules(e, name, payload, bad, req)
         else:
             syn = msgpack_problems(payload, 64 << 20)
             if syn:
@@ -276,12 +284,12 @@ def _array_rules(e, name, bad):
         bad(f"section-content: array {name} shape over 2**48 bytes")
 
 
-def _stream_rules(e, name, payload, bad):
+def _stream_rules(e, name, payload, bad, flags=0):
     for key in ("dtype", "rows", "width", "chunk_rows", "coding", "filters"):
         if key not in e:
             bad(f"section-content: stream {name} lacks {key}")
             return
-    if e["dtype"] not in DTYPES or e["coding"] not in ("raw", "zstd") or not isinstance(e["filters"], list) or \
+    if e["dtype"] not in DTYPES or e["coding"] not in ("raw", "zstd", "rans") or not isinstance(e["filters"], list) or \
             not all(f in ("transpose", "byteshuffle") for f in e["filters"]):
         bad(f"header-schema: stream {name} dtype/coding/filters")
         return
@@ -301,6 +309,12 @@ def _stream_rules(e, name, payload, bad):
         bad(f"section-content: stream {name} index does not fit")
         return
     prev = 0
+    table = None
+    if e["coding"] == "rans":
+        table = _rans_rules(e, name, payload, bad, flags, index_start)
+        if table is None:
+            return
+        prev = e["rans"]["model_bytes"]
     for k in range(n):
         end, ccrc, reserved = struct.unpack_from("<QII", payload, index_start + 16 * k)
         if reserved or end < prev or end > index_start:
@@ -315,6 +329,14 @@ def _stream_rules(e, name, payload, bad):
         if e["coding"] == "raw":
             if len(chunk) != expected:
                 bad(f"section-content: stream {name} raw chunk {k} size")
+            continue
+        if e["coding"] == "rans":
+            r = e["rans"]
+            try:
+                fuzz_rans.decode_chunk(chunk, rows, table, k * e["chunk_rows"], r["group_rows"], r["group_phase"],
+                                       r["increment"])
+            except fuzz_rans.RansError as exc:
+                bad(f"section-content: stream {name} rans chunk {k}: {exc}")
             continue
         try:
             fp = zstandard.get_frame_parameters(chunk)
@@ -331,17 +353,74 @@ def _stream_rules(e, name, payload, bad):
         bad(f"section-content: stream {name} chunks do not end at the index")
 
 
+def _rans_rules(e, name, payload, bad, flags, index_start):
+    """FORMAT.md's `rans` section (1.6): the rans map, the dtype and filters, the caps, the table.
+    Returns the table g [width, S], or None when a rule is broken (each reported)."""
+    r = e.get("rans")
+    keys = ("alphabet", "increment", "group_rows", "group_phase", "model_bytes", "model_crc32")
+    if not flags & FLAG_RANS_STREAMS:
+        bad(f"section-content: stream {name} is coded rans without required flag bit 2")
+    if not isinstance(r, dict) or not all(k in r and _is_int(r[k]) for k in keys):
+        bad(f"header-schema: stream {name} rans map {r!r}"[:200])
+        return None
+    S, inc, gr, phase = r["alphabet"], r["increment"], r["group_rows"], r["group_phase"]
+    ok = True
+    if not 0 <= inc <= 65536 or not 0 <= gr <= 65536 or not 0 <= r["model_crc32"] < 2**32 or r["model_bytes"] < 0:
+        bad(f"header-schema: stream {name} rans increment/group_rows/model fields out of range")
+        ok = False
+    if not 2 <= S <= fuzz_rans.MAX_ALPHABET:
+        bad(f"header-schema: stream {name} rans alphabet {S}")
+        return None
+    if e["dtype"] not in ("uint8", "uint16", "uint32") or e["filters"]:
+        bad(f"section-content: stream {name} rans with dtype {e['dtype']} / filters {e['filters']}")
+        return None
+    if S > 2 ** (8 * np.dtype(e["dtype"]).itemsize):
+        bad(f"section-content: stream {name} rans alphabet {S} does not fit {e['dtype']}")
+        ok = False
+    if not (0 <= phase < gr if gr else phase == 0):
+        bad(f"section-content: stream {name} rans group_phase {phase} with group_rows {gr}")
+        ok = False
+    if e["chunk_rows"] > fuzz_rans.MAX_CHUNK_ROWS:
+        bad(f"section-content: stream {name} rans chunk_rows {e['chunk_rows']} over 65,536")
+        ok = False
+    if ok and fuzz_rans.counter_count(e["chunk_rows"], e["width"], S, gr, inc) > fuzz_rans.MAX_COUNTERS:
+        bad(f"section-content: stream {name} rans counters over 2**22")
+        ok = False
+    if r["model_bytes"] > index_start:
+        bad(f"section-content: stream {name} rans model_bytes leave no room for the index")
+        ok = False
+    if not ok:
+        return None
+    model = payload[:r["model_bytes"]]
+    if crc(model) != r["model_crc32"]:
+        bad(f"section-crc: stream {name} rans model_crc32")
+    try:
+        return fuzz_rans.read_table(model, e["width"], S)
+    except fuzz_rans.RansError as exc:
+        bad(f"section-content: stream {name} rans {exc}")
+        return None
+
+
 def stream_rows(e, payload) -> np.ndarray:
     dtype = np.dtype(e["dtype"]).newbyteorder("<")
     parts = []
     n = -(-e["rows"] // e["chunk_rows"])
     index_start = len(payload) - 16 * n
     prev = 0
+    table = None
+    if e["coding"] == "rans":
+        r = e["rans"]
+        prev = r["model_bytes"]
+        table = fuzz_rans.read_table(payload[:prev], e["width"], r["alphabet"])
     for k in range(n):
         end = struct.unpack_from("<Q", payload, index_start + 16 * k)[0]
         chunk = payload[prev:end]
         prev = end
         rows = min(e["chunk_rows"], e["rows"] - k * e["chunk_rows"])
+        if table is not None:
+            parts.append(fuzz_rans.decode_chunk(chunk, rows, table, k * e["chunk_rows"], r["group_rows"],
+                                                r["group_phase"], r["increment"]).astype(dtype))
+            continue
         raw = _DCTX.decompress(chunk) if e["coding"] == "zstd" else chunk
         buf = np.frombuffer(raw, np.uint8)
         for f in reversed(e["filters"]):
@@ -519,8 +598,12 @@ def _vq_problems(h, cfg, params, streams, C):
         sparse = {"image_prior_ids": ("uint16" if C <= 65536 else "uint32", [shape[0], k]),
                   "image_prior_levels": ("uint8", [shape[0], k]),
                   "image_prior_offset": (tdt, [shape[0]]), "image_prior_profile": (tdt, [C])}
-    if set(params) != set(want) | set(sparse):
-        return [f"codec-params: vq params {sorted(params)} != {sorted(set(want) | set(sparse))}"]
+    # format 1.5: int8 codebooks and weight matrices, each with a float32 NAME_scale; biases float16
+    int8 = cfg.get("param_dtype") == "int8"
+    weights = ["codebooks", "w_in", "w_out"] + [f"w_h{i}" for i in range(L)]
+    scales = {f"{n}_scale": [M, d] if n == "codebooks" else [want[n][1]] for n in weights} if int8 else {}
+    if set(params) != set(want) | set(sparse) | set(scales):
+        return [f"codec-params: vq params {sorted(params)} != {sorted(set(want) | set(sparse) | set(scales))}"]
     for n, (dt, sh) in sparse.items():
         if params[n][0]["dtype"] != dt or list(params[n][0]["shape"]) != sh:
             return [f"codec-params: vq {n} {params[n][0]['dtype']}{params[n][0]['shape']} != {dt}{sh}"]
@@ -537,12 +620,25 @@ def _vq_problems(h, cfg, params, streams, C):
                 and np.all(np.abs(off) <= 1e4) and np.all(np.abs(prof) <= 1e4)):
             return ["codec-params: vq image_prior offset/profile not finite or beyond 1e4"]
         prior_max = max(float(np.abs(prof).max(initial=0)) + float(np.abs(off).max(initial=0)), 64.0)
-    dts = {params[n][0]["dtype"] for n in want}
     for n, sh in want.items():
-        if params[n][0]["dtype"] not in ("float16", "float32") or list(params[n][0]["shape"]) != sh:
-            return [f"codec-params: vq {n} {params[n][0]['dtype']}{params[n][0]['shape']} != {sh}"]
-    _ = dts
-    P = {n: array_of(params, n).astype(np.float64) for n in want}
+        dts = (("int8",) if n in weights else ("float16",)) if int8 else ("float16", "float32")
+        if params[n][0]["dtype"] not in dts or list(params[n][0]["shape"]) != sh:
+            return [f"codec-params: vq {n} {params[n][0]['dtype']}{params[n][0]['shape']} != {'/'.join(dts)}{sh}"]
+    for n, sh in scales.items():
+        if params[n][0]["dtype"] != "float32" or list(params[n][0]["shape"]) != sh:
+            return [f"codec-params: vq {n} {params[n][0]['dtype']}{params[n][0]['shape']} != float32{sh}"]
+        sc = array_of(params, n)
+        if not np.all(np.isfinite(sc)) or not np.all(sc > 0):
+            return [f"codec-params: vq {n} not finite or not > 0"]
+    P = {}
+    for n in want:
+        a = array_of(params, n)
+        if f"{n}_scale" in scales:
+            sc = array_of(params, f"{n}_scale")
+            # one float32 product per value, as a reader dequantises
+            with np.errstate(over="ignore"):
+                a = a.astype(np.float32) * (sc[:, None, :] if n == "codebooks" else sc[None, :])
+        P[n] = a.astype(np.float64)
     if not all(np.all(np.isfinite(a)) for a in P.values()):
         return ["codec-params: vq non-finite weight"]
     colsum = {n: np.abs(P[n]).sum(axis=0) for n in P if n.startswith("w_")}
@@ -575,9 +671,9 @@ def violations(files: dict, main: str) -> list[str]:
     h = m.header
     params = {n[7:]: v for n, v in m.sections.items() if n.startswith("params/")}
     streams = {n[8:]: v for n, v in m.sections.items() if n.startswith("streams/")}
-    if m.flags == 2:
+    if m.flags & FLAG_EXTERNAL_PARAMS:
         return ["external-params: a shard was decoded on its own"]
-    if m.flags != 1:
+    if not m.flags & FLAG_MANIFEST:
         return codec_problems(h, params, streams, h["labels"]["count"])
     # ---- a manifest
     out = []
@@ -610,7 +706,7 @@ def violations(files: dict, main: str) -> list[str]:
         if s.problems:
             return [f"shard {f}: " + p for p in s.problems]
         sh = s.header
-        if s.flags != 2:
+        if s.flags & (FLAG_MANIFEST | FLAG_EXTERNAL_PARAMS) != FLAG_EXTERNAL_PARAMS:
             return [f"shard-mismatch: {f} flags {s.flags}"]
         if any(n.startswith("params/") for n in s.sections):
             return [f"external-params: shard {f} holds params"]

@@ -21,6 +21,8 @@ import msgpack
 import numpy as np
 import zstandard
 
+import fuzz_rans
+
 MAGIC = b"\x89VQS\r\n\x1a\n"
 PREAMBLE = struct.Struct("<8sHHIIIQQQI8sI")
 FIELDS = ("magic", "major", "minor", "required_flags", "optional_flags", "reserved", "header_offset",
@@ -180,7 +182,8 @@ class Section:
     A stream's payload is its ``chunks`` (stored bytes) and the index that :meth:`payload`
     builds from them; ``chunk_crcs`` / ``reserved`` override an index entry's CRC or reserved word,
     ``index_edit`` rewrites the built index bytes, and ``keep`` holds entry fields (offset,
-    length, crc32) that :func:`serialize` must not recompute."""
+    length, crc32) that :func:`serialize` must not recompute.  A stream coded ``rans`` (format 1.6)
+    also has its ``model`` (the table's zstd frame, stored before chunk 0), kept as bytes."""
 
     def __init__(self, entry: dict, payload: bytes = b"", chunks=None):
         self.entry = entry
@@ -191,6 +194,7 @@ class Section:
         self.index_edit = None
         self.keep: dict = {}
         self.gap_before = b""  # bytes stored between the previous section's padding and this one
+        self.model = b""  # rans: the bytes before chunk 0 (the table); chunk ends count from 0 all the same
 
     @property
     def name(self):
@@ -203,18 +207,18 @@ class Section:
     def clone(self) -> "Section":
         s = Section(copy.deepcopy(self.entry), self.data, list(self.chunks) if self.chunks is not None else None)
         s.chunk_crcs, s.reserved, s.keep = dict(self.chunk_crcs), dict(self.reserved), dict(self.keep)
-        s.index_edit, s.gap_before = self.index_edit, self.gap_before
+        s.index_edit, s.gap_before, s.model = self.index_edit, self.gap_before, self.model
         return s
 
     def payload(self) -> bytes:
         if self.chunks is None:
             return self.data
         index = bytearray()
-        end = 0
+        end = len(self.model)
         for k, chunk in enumerate(self.chunks):
             end += len(chunk)
             index += CHUNK_ENTRY.pack(end, self.chunk_crcs.get(k, crc(chunk)), self.reserved.get(k, 0))
-        body = b"".join(self.chunks) + bytes(index)
+        body = self.model + b"".join(self.chunks) + bytes(index)
         return self.index_edit(body) if self.index_edit else body
 
     # -- stream helpers: decode the rows of a (valid) stream, or store new rows ------------------
@@ -223,6 +227,14 @@ class Section:
         dtype = np.dtype(e["dtype"]).newbyteorder("<")
         rows, width, cr = e["rows"], e["width"], e["chunk_rows"]
         parts = []
+        if e["coding"] == "rans":
+            r = e["rans"]
+            g = fuzz_rans.read_table(self.model, width, r["alphabet"])
+            for k, chunk in enumerate(self.chunks):
+                n = min(cr, rows - k * cr)
+                parts.append(fuzz_rans.decode_chunk(chunk, n, g, k * cr, r["group_rows"], r["group_phase"],
+                                                    r["increment"]).astype(dtype))
+            return np.concatenate(parts) if parts else np.zeros((0, width), dtype)
         for k, chunk in enumerate(self.chunks):
             n = min(cr, rows - k * cr)
             raw = zstandard.ZstdDecompressor().decompress(chunk) if e["coding"] == "zstd" else chunk
@@ -236,6 +248,12 @@ class Section:
         cr = chunk_rows or e.get("chunk_rows") or 4096
         filters = list(e.get("filters", []) if filters is None else filters)
         coding = coding or e.get("coding", "zstd")
+        if coding == "rans" and not self._store_rans(arr, int(cr), filters):
+            coding = "zstd"   # rows rans cannot code (a float, a symbol >= 65,536, filters): zstd
+        if coding == "rans":
+            return
+        e.pop("rans", None)
+        self.model = b""
         e.update(dtype=arr.dtype.name, rows=int(arr.shape[0]), width=int(arr.shape[1]), chunk_rows=int(cr),
                  coding=coding, filters=filters)
         self.chunks = []
@@ -243,6 +261,33 @@ class Section:
             raw = filter_forward(arr[start:start + cr], filters)
             self.chunks.append(zstd_frame(raw, level) if coding == "zstd" else raw)
         self.chunk_crcs, self.reserved, self.index_edit = {}, {}, None
+
+    def _store_rans(self, arr: np.ndarray, cr: int, filters) -> bool:
+        """Store ``arr`` coded rans with a table of its own counts, keeping the entry's increment and
+        groups (False: FORMAT.md's rans cannot hold these rows)."""
+        e = self.entry
+        if arr.dtype.name not in ("uint8", "uint16", "uint32") or filters or arr.ndim != 2 or not 1 <= cr:
+            return False
+        S = max(int(arr.max()) + 1 if arr.size else 2, 2)
+        if S > fuzz_rans.MAX_ALPHABET or arr.shape[1] * S > 1 << 20:
+            return False
+        old = e.get("rans") if isinstance(e.get("rans"), dict) else {}
+        inc, gr = old.get("increment", 0), old.get("group_rows", 0)
+        phase = old.get("group_phase", 0)
+        if not all(type(v) is int for v in (inc, gr, phase)) or not 0 <= inc <= 65536 or \
+                not 0 <= gr <= 65536 or not (0 <= phase < gr or phase == gr == 0):
+            inc, gr, phase = 0, 0, 0
+        g = fuzz_rans.table_from_counts(arr, S)
+        model = fuzz_rans.pack_table(g)
+        self.chunks = [fuzz_rans.encode_chunk(arr[start:start + cr], g, start, gr, phase, inc)
+                       for start in range(0, arr.shape[0], cr)]
+        self.model = model
+        e.update(dtype=arr.dtype.name, rows=int(arr.shape[0]), width=int(arr.shape[1]), chunk_rows=int(cr),
+                 coding="rans", filters=[])
+        e["rans"] = {"alphabet": S, "increment": inc, "group_rows": gr, "group_phase": phase,
+                     "model_bytes": len(model), "model_crc32": crc(model)}
+        self.chunk_crcs, self.reserved, self.index_edit = {}, {}, None
+        return True
 
 
 class VFile:
@@ -289,12 +334,15 @@ def parse(data: bytes) -> VFile:
         if e["kind"] == "stream":
             n = -(-e["rows"] // e["chunk_rows"])
             index_start = len(payload) - 16 * n
-            chunks, prev = [], 0
+            # rans (format 1.6): the table comes first and chunk 0 starts after it
+            prev = e["rans"]["model_bytes"] if e.get("coding") == "rans" else 0
+            model, chunks = payload[:prev], []
             for k in range(n):
                 end, _, _ = CHUNK_ENTRY.unpack_from(payload, index_start + 16 * k)
                 chunks.append(payload[prev:end])
                 prev = end
             sections.append(Section(entry, chunks=chunks))
+            sections[-1].model = model
         else:
             sections.append(Section(entry, payload))
     header = {k: v for k, v in header.items()}
