@@ -370,6 +370,32 @@ def test_table_with_a_second_frame_is_rejected(tmp_path):
     rejected(p, "section-content", "exactly one")
 
 
+def test_rans_stream_of_no_rows(tmp_path):
+    """FORMAT.md: chunk 0 starts at model_bytes (end[-1] = model_bytes), so a stream of no rows is its
+    table and an empty index.  The reader took the end of no chunk as 0, so the writer's own
+    verification failed on such a stream (found by the fuzz checker, benchmarks/fuzz_rans.py); and
+    the table of a stream without chunks is still checked by verify."""
+    p = str(tmp_path / "empty.vqsl")
+    write_stream(p, np.zeros((0, 2), np.uint8), "rans", 45)
+    with Container.open(p) as c:
+        assert c.stream("streams/s").sec["coding"] == "rans"
+        assert c.stream("streams/s").read_rows(0, 0).shape == (0, 2)
+        assert c.verify() == []
+    bad = np.zeros((2, 9), dtype=np.uint32)
+    bad[:, 0] = 7000   # columns that do not sum to 65,536
+    model = entropy.pack_model(bad)
+    q = str(tmp_path / "empty-bad-table.vqsl")
+    w = ContainerWriter(q, verify=False)
+    w._add_parts("streams/s", "stream", rans_payload(model, []),
+                 {"dtype": "uint8", "rows": 0, "width": 2, "chunk_rows": 30, "coding": "rans", "filters": [],
+                  "rans": {"alphabet": 9, "increment": 0, "group_rows": 0, "group_phase": 0,
+                           "model_bytes": len(model), "model_crc32": zlib.crc32(model) & 0xFFFFFFFF}})
+    w.commit(HEADER)
+    with Container.open(q) as c:
+        problems = c.verify()
+    assert len(problems) == 1 and "sums to" in problems[0]
+
+
 def test_rans_stream_without_the_required_flag_is_rejected(tmp_path):
     p = str(tmp_path / "ok.vqsl")
     hostile(p)

@@ -791,6 +791,8 @@ class Container:
                     reader = self.stream(sec["name"])
                     for k in range(reader.nchunks):
                         reader.verify_chunk(k)
+                    if reader._rans is not None:
+                        reader._model()   # the table is checked even when the stream has no chunk
                 elif sec["kind"] == "msgpack":
                     self.read_msgpack(sec["name"])
                 elif sec["kind"] == "array":
@@ -944,7 +946,8 @@ class StreamReader:
             raise FormatError(f"{container.path}: stream {self.name!r}: chunk {k} index entry is invalid "
                               "(not sorted, outside the section or reserved bits set)", rule=rules.SECTION_CONTENT)
         self._starts, self._ends, self._crcs = starts.tolist(), ends.tolist(), index["crc32"].tolist()
-        prev = self._ends[-1] if self.nchunks else 0
+        # no chunk: the index starts where chunk 0 would (after a rans stream's table)
+        prev = self._ends[-1] if self.nchunks else (self._rans["model_bytes"] if self._rans is not None else 0)
         if prev != index_start:
             raise FormatError(f"{container.path}: stream {self.name!r}: chunks do not end where the index starts",
                               rule=rules.SECTION_CONTENT)
