@@ -17,9 +17,11 @@ import struct
 import msgpack
 import numpy as np
 
-from fuzz_model import (CHUNK_ENTRY, F32, Pairs, Raw, Section, VFile, WideInt, pack, params_sha256, parse,
+import fuzz_rans
+from fuzz_model import (CHUNK_ENTRY, crc, F32, Pairs, Raw, Section, VFile, WideInt, pack, params_sha256, parse,
                         serialize, unpack, zstd_frame)
 
+FLAG_RANS_STREAMS = 0x4   # required flag bit 2 (format 1.6): a stream is coded rans
 CODEC_IDS = ["fp16", "fp32", "topk", "vq", "sparse", "sq", "imgprior"]
 DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"]
 KNOWN_KEYS = ["k", "bits", "codes", "codebook_size", "code_dim", "hidden", "encoder_hidden", "decoder_layers",
@@ -428,7 +430,7 @@ def m_stream_meta(rng, case):
         s.entry[key] = rng.choice([[], ["transpose"], ["byteshuffle"], ["byteshuffle", "transpose"],
                                    ["transpose", "transpose"], ["transpose", "byteshuffle"]])
     elif key == "coding":
-        s.entry[key] = rng.choice(["raw", "zstd"])
+        s.entry[key] = rng.choice(["raw", "zstd", "rans"])
     else:
         s.entry[key] = rng.choice([perturb_number(rng, old) if isinstance(old, int) else 0, rng.choice(INTS)])
     return f"{name}: {s.name}.{key} {old!r} -> {s.entry[key]!r} (bytes unchanged)"
@@ -818,7 +820,7 @@ def m_preamble(rng, case):
     if field in ("minor", "major"):
         val = rng.choice([0, 1, 2, 3, 4, 5, 99, 65535])
     elif field in ("required_flags", "optional_flags"):
-        val = rng.choice([0, 1, 2, 3, 4, 1 << 31, 2**32 - 1])
+        val = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 1 << 31, 2**32 - 1])
     elif field == "reserved":
         val = rng.choice([0, 1, 2**32 - 1])
     elif field == "reserved2":
@@ -859,6 +861,90 @@ def m_shard_files(rng, case):
     return "flags of a set member changed"
 
 
+def m_rans(rng, case):
+    """A stream coded rans (format 1.6): its rans map, its table, its chunk words, the required flag
+    bit 2, or its rows re-coded under other groups and increments (every checksum fixed)."""
+    name, v = pick_file(rng, case)
+    ss = [s for s in streams_of(v) if s.entry.get("coding") == "rans" and isinstance(s.entry.get("rans"), dict)]
+    if not ss:
+        raise Skip
+    s = rng.choice(ss)
+    r = s.entry["rans"]
+    op = rng.choice(["field", "table", "words", "flag", "recode", "recode", "chunk-rows"])
+    if op == "field":
+        key = rng.choice(["alphabet", "increment", "group_rows", "group_phase", "model_bytes", "model_crc32"])
+        old = r.get(key)
+        r[key] = rng.choice([perturb_number(rng, old) if isinstance(old, int) else 0,
+                             rng.choice([0, 1, 2, 255, 256, 257, 65535, 65536, 65537, 2**32, -1])])
+        return f"{name}: {s.name}.rans.{key} {old!r} -> {r[key]!r}"
+    if op == "table":
+        try:
+            g = fuzz_rans.read_table(s.model, s.entry["width"], r["alphabet"])
+        except Exception:  # noqa: BLE001 - an earlier step broke it: random bytes instead
+            s.model = bytes(rng.randrange(256) for _ in range(rng.choice([0, 4, 16])))
+            return f"{name}: {s.name} table replaced by random bytes"
+        g = g.copy()
+        kind = rng.choice(["sum", "zero-top", "over", "wrap", "narrow", "second-frame"])
+        m, sym = rng.randrange(g.shape[0]), rng.randrange(g.shape[1])
+        if kind == "sum":
+            g[m, sym] += rng.choice([1, -1]) if g[m, sym] else 1
+        elif kind == "zero-top":   # the most frequent symbol's mass moved away: it decodes with g = 0
+            top = int(np.argmax(g[m]))
+            other = (top + 1) % g.shape[1]
+            g[m, other] += g[m, top]
+            g[m, top] = 0
+        elif kind == "over":
+            g[m, sym] = 65537
+        elif kind == "wrap":     # sums to 2**16 modulo 2**32
+            g[m, :] = 0
+            g[m, 0], g[m, 1 % g.shape[1]] = 65537, 2**32 - 1
+        if kind == "narrow":
+            s.model = fuzz_rans.pack_table(g[:, :-1])
+        else:
+            s.model = fuzz_rans.pack_table(g)
+        if kind == "second-frame":
+            s.model += zstd_frame(b"x")
+        if rng.random() < 0.9:
+            r["model_bytes"], r["model_crc32"] = len(s.model), crc(s.model)
+        return f"{name}: {s.name} table {kind} (column {m}, symbol {sym})"
+    if op == "words":
+        if not s.chunks:
+            raise Skip
+        k = rng.randrange(len(s.chunks))
+        c = s.chunks[k]
+        kind = rng.choice(["zero-word", "drop-word", "odd-byte", "flip", "empty", "first-word"])
+        if kind == "zero-word":
+            c = c + b"\0\0\0\0"
+        elif kind == "drop-word":
+            c = c[:-4]
+        elif kind == "first-word":
+            c = c[4:]
+        elif kind == "odd-byte":
+            c = c + b"\x01"
+        elif kind == "flip" and c:
+            b = bytearray(c)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            c = bytes(b)
+        elif kind == "empty":
+            c = b""
+        s.chunks[k] = c
+        return f"{name}: {s.name} chunk {k} words: {kind}"
+    if op == "flag":
+        v.pre["required_flags"] = v.pre.get("required_flags", 0) & ~FLAG_RANS_STREAMS
+        return f"{name}: required flag bit 2 cleared"
+    a = s.rows_array()
+    if op == "chunk-rows":
+        cr = rng.choice([1, 2, 3, 7, 63, 64, 65, 4096, 65536, 65537])
+        s.store_rows(a, chunk_rows=cr)
+        return f"{name}: {s.name} re-coded rans in chunks of {cr} rows"
+    r["group_rows"] = rng.choice([0, 1, 2, 3, 7, 16, 64, 65536])
+    r["group_phase"] = rng.randrange(r["group_rows"]) if r["group_rows"] else 0
+    r["increment"] = rng.choice([0, 1, 256, 4096, 65536])
+    s.store_rows(a)
+    return f"{name}: {s.name} re-coded rans with groups {r['group_rows']} phase {r['group_phase']} " \
+        f"increment {r['increment']}"
+
+
 # weights: what a mutation step is drawn from
 def mutations(donors):
     return [
@@ -878,6 +964,7 @@ def mutations(donors):
         (4, "header-syntax", m_header_syntax),
         (3, "preamble", m_preamble),
         (2, "shard-files", m_shard_files),
+        (4, "rans", m_rans),
     ]
 
 
