@@ -61,7 +61,8 @@ def golden_seeds() -> dict:
 
 def generated_seeds() -> dict:
     """Seeds no golden file covers, encoded now (deterministic): sparse with a uniform tail,
-    topk with C > 65536 (uint32 ids), [N, C] labels, and sharded sets of codecs with params."""
+    topk with C > 65536 (uint32 ids), [N, C] labels, sharded sets of codecs with params, and the
+    golden rans file split into shards (format 1.6 shards: required bits 1 and 2)."""
     import numpy as np
 
     import slcodec
@@ -82,6 +83,12 @@ def generated_seeds() -> dict:
         one("gen-imgprior-sharded", x, shards=3, codec="imgprior", residual_k=2)
         one("gen-sparse-prior-sharded", x.reshape(12, 50), shards=2, codec="sparse", k=2, prior_classes=8)
         one("gen-sq-sharded", x, shards=2, codec="sq", bits_per_class=2)
+        # format 1.6 shards (required bits 1 and 2): the golden rans file split, image groups cut mid-image
+        from slcodec.format.shards import split
+        os.makedirs(os.path.join(tmp, "rans-sharded"))
+        split(os.path.join(GOLDEN, "v1.6-vq-rans-logits.vqsl"), os.path.join(tmp, "rans-sharded", "s.vqsl"), shards=3)
+        seeds["gen-vq-rans-sharded"] = ({f: open(os.path.join(tmp, "rans-sharded", f), "rb").read()
+                                         for f in os.listdir(os.path.join(tmp, "rans-sharded"))}, "s.vqsl")
     return seeds
 
 
