@@ -124,14 +124,17 @@ def dequantise(stored: dict) -> dict:
     """The stored arrays of a file (int8 or not) -> the float32 parameters decoding uses:
     ``float32(q) * scale`` per output channel for an int8 parameter, a plain cast otherwise."""
     out = {}
-    for name, a in stored.items():
-        if name.endswith(SCALE_SUFFIX) and name[:-len(SCALE_SUFFIX)] in stored:
-            continue
-        s = stored.get(name + SCALE_SUFFIX)
-        if s is None:
-            out[name] = a.astype(np.float32)
-        elif name == "codebooks":
-            out[name] = a.astype(np.float32) * s.astype(np.float32)[:, None, :]
-        else:
-            out[name] = a.astype(np.float32) * s.astype(np.float32)
+    # a hostile (finite) scale can overflow the product to inf: that is the logit bound's to
+    # reject with its rule, so numpy's overflow warning would only be noise on stderr
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, a in stored.items():
+            if name.endswith(SCALE_SUFFIX) and name[:-len(SCALE_SUFFIX)] in stored:
+                continue
+            s = stored.get(name + SCALE_SUFFIX)
+            if s is None:
+                out[name] = a.astype(np.float32)
+            elif name == "codebooks":
+                out[name] = a.astype(np.float32) * s.astype(np.float32)[:, None, :]
+            else:
+                out[name] = a.astype(np.float32) * s.astype(np.float32)
     return out
