@@ -96,7 +96,7 @@ def build_parser(codec_options: bool = True):
                         "--max-kl 0.1@1 --max-kl 0.01@4 within 2%% of FP16 size; an explicit target that cannot be "
                         "met is an error)")
     e.add_argument("--max-bits", type=float, default=None, metavar="B",
-                   help="budget: bits per label of the whole file, all counted (default: 0.02 * 16 * C)")
+                   help="budget: bits per label of the whole file, all counted (default: 0.02 * 16 * C, at least 10)")
     e.add_argument("--allow-top1-loss", action="store_true",
                    help="the chosen codec may change a label's top-1 class (default: top-1 stays 100%%)")
     e.add_argument("--best-effort", action="store_true",
