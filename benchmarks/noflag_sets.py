@@ -63,12 +63,20 @@ def _as_rd_row(row: dict) -> dict:
                 kl_T1=fid["kl"]["1"], kl_T4=fid["kl"]["4"])
 
 
-def child(cmd) -> dict:
-    """Run ``cmd``; wall and CPU seconds of the child, load average before and after, its JSON stdout."""
+def child(cmd, timeout: float | None = None) -> dict:
+    """Run ``cmd``; wall and CPU seconds of the child, load average before and after, its JSON stdout.
+    With ``timeout`` (seconds) a child still running then is killed and recorded as stopped (no summary)."""
     load0 = os.getloadavg()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"command": " ".join(cmd), "stopped_after_s": round(time.perf_counter() - t0, 1),
+                "cpu_s": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 1),
+                "load_before": [round(x, 2) for x in load0],
+                "load_after": [round(x, 2) for x in os.getloadavg()], "summary": None}
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -120,12 +128,17 @@ def cmd_run(args) -> int:
             print(name, "noflag", json.dumps({k: rec["noflag"].get(k) for k in
                                              ("codec", "codec_config", "bits_per_label", "wall_s", "cpu_s")}),
                   flush=True)
+            # saved before the (long, at large C) --codec vq run, so that stopping it keeps the no-flag row
+            rec["git"] = git_state()
+            old["sets"][name] = rec
+            Path(args.json).write_text(json.dumps(old, indent=1) + "\n")
             if not args.no_vq:
                 run = child([sys.executable, "-m", "slcodec", "encode", path, "-o", os.path.join(tmp, "vq.vqsl"),
-                             "--codec", "vq", "--json", "-q"])
-                rec["vq_default"] = {k: v for k, v in run.items() if k != "summary"} | brief(run["summary"])
+                             "--codec", "vq", "--json", "-q"], timeout=args.vq_timeout)
+                rec["vq_default"] = {k: v for k, v in run.items() if k != "summary"} | (
+                    brief(run["summary"]) if run["summary"] is not None else {})
                 print(name, "vq", json.dumps({k: rec["vq_default"].get(k) for k in
-                                             ("bits_per_label", "wall_s", "cpu_s")}), flush=True)
+                                             ("bits_per_label", "wall_s", "stopped_after_s", "cpu_s")}), flush=True)
         rec["git"] = git_state()
         old["sets"][name] = rec
         Path(args.json).write_text(json.dumps(old, indent=1) + "\n")
@@ -201,11 +214,15 @@ def cmd_table(args) -> int:
             reftext, verdict = "no rate-distortion rows for this set", "-"
         vq = rec.get("vq_default")
         nf_s = nf["wall_s"] if nf.get("wall_s") is not None else nf["seconds"]
-        ratio_t = f"{nf_s / vq['wall_s']:.2f}" if vq else "-"
+        if vq and vq.get("wall_s") is None:  # stopped by --vq-timeout: a lower bound on its time
+            vq_text = f"stopped after {vq['stopped_after_s']:.0f} ({vq['cpu_s']}) | <= {nf_s / vq['stopped_after_s']:.2f} |"
+        elif vq:
+            vq_text = f"{vq['wall_s']:.0f} ({vq['cpu_s']}) | {nf_s / vq['wall_s']:.2f} |"
+        else:
+            vq_text = "- | - |"
         lines.append(f"| {name} | {nf['codec']} {' '.join(f'{k}={v}' for k, v in nf['choice']['config'].items())} | "
                      f"{nf['bits_per_label']:.2f} | {kl1:.4g} | {kl4:.4g} | {100 * f['top1']:.2f}% | {reftext} | "
-                     f"{verdict} | {nf_s:.0f} ({nf.get('cpu_s')}) | "
-                     + (f"{vq['wall_s']:.0f} ({vq['cpu_s']}) | " if vq else "- | ") + f"{ratio_t} |")
+                     f"{verdict} | {nf_s:.0f} ({nf.get('cpu_s')}) | " + vq_text)
     print("\n".join(lines))
     return 0
 
@@ -217,6 +234,8 @@ def main(argv=None) -> int:
     r.add_argument("sets", nargs="+")
     r.add_argument("--json", required=True)
     r.add_argument("--no-vq", action="store_true", help="skip the --codec vq timing")
+    r.add_argument("--vq-timeout", type=float, default=None, metavar="S",
+                   help="stop the --codec vq child after S seconds and record it as stopped (a lower bound)")
     r.add_argument("--reuse-noflag", action="append", default=[], metavar="SET=SUMMARY.json")
     t = sub.add_parser("table")
     t.add_argument("json", nargs="+")
