@@ -435,3 +435,91 @@ def test_golden_rans_file_decodes_by_the_spec():
             n = s.chunk_rows_of(k)
             ref = ref_decode_chunk(data, n, table, k * s.chunk_rows, r["group_rows"], r["group_phase"], r["increment"])
             np.testing.assert_array_equal(ref, s.read_rows(k * s.chunk_rows, k * s.chunk_rows + n))
+
+
+# --------------------------------------------------------------------------- the fast wave model, same bytes
+def _zipf_chunk(rng, n, width, S, group_rows, first):
+    """Rows whose groups favour a few symbols each (as vq's views of an image), any symbol possible."""
+    p = 1.0 / np.arange(1, S + 1) ** 1.2
+    p /= p.sum()
+    g = (first + np.arange(n)) // max(group_rows, 1)
+    out = np.empty((n, width), dtype=np.int64)
+    for k in np.unique(g):
+        rows = np.flatnonzero(g == k)
+        for m in range(width):
+            out[rows, m] = rng.permutation(S)[rng.choice(S, size=len(rows), p=p)]
+    return out
+
+
+SAME_BYTES = [  # (S, width, n, first_row, group_rows, group_phase, increment)
+    (2, 1, 50, 0, 7, 0, 65536),
+    (11, 3, 37, 14, 7, 3, 4096),        # partial groups at both ends
+    (11, 3, 37, 14, 5, 4, 256),
+    (203, 6, 1000, 150, 300, 0, 4096),  # vq's codes: a chunk starting and ending mid-image
+    (203, 6, 900, 0, 300, 0, 16384),    # whole images
+    (1016, 1, 700, 33, 120, 7, 1024),   # vq's top1
+    (5000, 2, 80, 3, 40, 39, 65536),
+    (40, 4, 60, 0, 1, 0, 1024),         # a group per row: one wave
+    (40, 4, 60, 9, 500, 0, 4096),       # one partial group: a wave per row
+    (203, 6, 300, 0, 0, 0, 0),          # static table
+    (1016, 1, 500, 5, 300, 0, 0),       # groups but increment 0: static
+]
+
+
+@pytest.mark.parametrize("S,width,n,first,group_rows,phase,inc", SAME_BYTES)
+def test_wave_model_writes_the_bytes_of_the_former_implementation(S, width, n, first, group_rows, phase, inc):
+    """The float64 wave model (one A per wave, weights updated in place) gives constriction the
+    same rows as the former int64 implementation (tests/entropy_before.py): same bytes, same rows
+    decoded by both, and the same ideal code lengths, so the same increment is chosen."""
+    import entropy_before as before
+    rng = np.random.default_rng(S * 7 + n + inc)
+    for trial in range(2):
+        block = _zipf_chunk(rng, n, width, S, group_rows, first + phase)
+        if trial:   # a table with zeros: symbols that never occur in the stream
+            block = np.minimum(block, S // 2)
+        table = table_of(block, S)
+        data = entropy.encode_chunk(block, table, first, group_rows, phase, inc)
+        assert data == before.encode_chunk(block, table, first, group_rows, phase, inc)
+        for dec in (entropy.decode_chunk, before.decode_chunk):
+            np.testing.assert_array_equal(dec(data, n, table, first, group_rows, phase, inc, np.uint16, "x"), block)
+        for i in entropy.INCREMENTS:
+            assert entropy.estimate_bits([block], table, [first], group_rows, phase, i) == \
+                before.estimate_bits([block], table, [first], group_rows, phase, i)
+        assert entropy.choose_increment([block, block[:n // 2]], table, [first, first], group_rows, phase, n) == \
+            before.choose_increment([block, block[:n // 2]], table, [first, first], group_rows, phase, n)
+        lay = entropy.ChunkLayout(first, n, group_rows, phase, inc)
+        if lay.adaptive:   # a wave's groups are a slice of the chunk's groups, not gathered rows
+            assert all(isinstance(s, slice) for s in entropy._WaveModel(table, lay, inc).spans)
+
+
+def test_wave_model_rejects_what_the_former_implementation_rejected():
+    """Damaged chunks (bytes flipped, words dropped or added, a wrong row count) raise the same
+    FormatError, or decode to the same rows, with both implementations."""
+    import entropy_before as before
+    rng = np.random.default_rng(11)
+    block = _zipf_chunk(rng, 90, 3, 30, 20, 5)
+    block = np.minimum(block, 28)
+    table = table_of(block, 30)            # symbol 29 never occurs: its stored frequency is 0
+    assert (table[:, 29] == 0).all()
+    data = entropy.encode_chunk(block, table, 5, 20, 0, 4096)
+    outcomes = set()
+    for k in range(40):
+        d = bytearray(data)
+        kind = k % 4
+        if kind == 0:
+            i = int(rng.integers(len(d)))
+            d[i] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            d = d[:-4 * int(rng.integers(1, 3))]
+        elif kind == 2:
+            d += rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        n = 90 if kind != 3 else int(rng.integers(60, 120))
+        got = []
+        for dec in (entropy.decode_chunk, before.decode_chunk):
+            try:
+                got.append(dec(bytes(d), n, table, 5, 20, 0, 4096, np.uint8, "x").tolist())
+            except FormatError as e:
+                got.append((e.rule, str(e)))
+        assert got[0] == got[1], k
+        outcomes.add(type(got[0]).__name__)
+    assert "tuple" in outcomes            # some were rejected

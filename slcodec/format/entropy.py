@@ -149,7 +149,8 @@ class ChunkLayout:
         self.adaptive = bool(group_rows) and bool(increment)
         if not self.adaptive or n == 0:
             self.groups = 1
-            self.waves = [np.arange(n)] if n else []
+            self.order = np.arange(n)
+            self.waves = [self.order] if n else []
             self.group_of = np.zeros(n, dtype=np.int64)
             return
         g = (first_row + group_phase + np.arange(n, dtype=np.int64)) // group_rows
@@ -159,6 +160,8 @@ class ChunkLayout:
         t = np.arange(n) - first_of[local]
         order = np.argsort(t, kind="stable")          # by position in the group, then row
         bounds = np.searchsorted(t[order], np.arange(int(t.max()) + 2))
+        #: the rows in coding order (wave after wave); wave t is order[bounds[t]:bounds[t + 1]]
+        self.order, self.bounds = order, bounds
         self.waves = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
         self.group_of = local
 
@@ -171,35 +174,96 @@ def model_cells(chunk_rows: int, width: int, alphabet: int, group_rows: int, inc
     return width * alphabet
 
 
+class _WaveModel:
+    """The adaptive model of one chunk, wave by wave, as constriction's probability rows.
+
+    FORMAT.md's model, computed without integer temporaries.  In wave ``t`` (position t of each
+    row in its group) every group of the wave has exactly t earlier rows in the chunk, so each
+    column's counts sum to t and ``W = 2**16 + increment * t`` is the same for every row of the
+    wave: ``A`` is one integer per wave.  ``w * A <= 2**48`` is an integer below 2**53, so in
+    float64 the product ``w * (A * 2**-24)`` is exact (the factor is an integer below 2**48 times
+    a power of two), its floor is ``floor(w * A / 2**24)`` exactly, and sums of those integers
+    (below 2**24 in all) are exact in any order: the rows handed to constriction are bit for bit
+    those of the integer formula (``tests/test_entropy.py`` compares the bytes with the former
+    int64 implementation).  The weights ``g + increment * c`` (below 2**33: exact) are kept per
+    group and updated in place after each wave, and the groups of a wave are a contiguous range
+    (only a chunk's first and last groups can be shorter), so a wave costs a scaled copy, a floor,
+    a sum and the rest added at each column's top symbol."""
+
+    def __init__(self, table: np.ndarray, lay: ChunkLayout, increment: int):
+        width, S = table.shape
+        G = lay.groups
+        self.S, self.width, self.increment = S, width, float(increment)
+        self.weights = np.empty((width, G, S), dtype=np.float64)
+        self.weights[:] = table[:, None, :]
+        self._weights_flat = self.weights.reshape(-1)
+        self._buf = np.empty(width * G * S, dtype=np.float64)
+        self._ones = np.ones(S, dtype=np.float64)
+        self._sums = np.empty(width * G, dtype=np.float64)
+        # A of every wave (int64: 2**24 * (2**24 - S) < 2**48), times 2**-24: exact in float64
+        A = (PROB_TOTAL * (PROB_TOTAL - S)) // (TABLE_TOTAL + increment * np.arange(len(lay.waves), dtype=np.int64))
+        self._scale = (A.astype(np.float64) * 2.0 ** -PRECISION).tolist()
+        self.spans = [self._span(lay.group_of[rows]) for rows in lay.waves]
+        #: flat index of (column m, group g, symbol 0) in the weights
+        self._row_start = (np.arange(width)[:, None] * G + np.arange(G)[None, :]) * S
+        top = table_top(table)
+        #: flat index of each column's top symbol in the rows of a wave of r groups, by r
+        self._top_index = {r: np.arange(width * r) * S + np.repeat(top, r) for r in
+                           {len(rows) for rows in lay.waves}}
+
+    @staticmethod
+    def _span(g: np.ndarray):
+        """The groups of a wave: a slice when they are contiguous (always, for a chunk's consecutive
+        rows), else their indices."""
+        lo, hi = int(g[0]), int(g[-1]) + 1
+        return slice(lo, hi) if hi - lo == len(g) else g
+
+    def rows(self, t: int) -> np.ndarray:
+        """constriction's rows ``[width * r, S]`` (f - 1, in the coding order: column, then row) of
+        the r rows of wave t."""
+        S, width = self.S, self.width
+        w = self.weights[:, self.spans[t]]
+        r = w.shape[1]
+        flat = self._buf[:width * r * S]
+        np.multiply(w, self._scale[t], out=flat.reshape(width, r, S))
+        np.floor(flat, out=flat)
+        rows = flat.reshape(width * r, S)
+        sums = self._sums[:width * r]
+        np.dot(rows, self._ones, out=sums)       # integers below 2**24 in all: exact in any order
+        flat[self._top_index[r]] += (PROB_TOTAL - S) - sums
+        return rows
+
+    def count(self, t: int, sym: np.ndarray, sign: float) -> None:
+        """Add (sign +1) or remove (-1) one occurrence of wave t's symbols ``sym [width, r]``."""
+        self._weights_flat[self._row_start[:, self.spans[t]] + sym] += sign * self.increment
+
+
 def encode_chunk(block: np.ndarray, table: np.ndarray, first_row: int, group_rows: int, group_phase: int,
                  increment: int) -> bytes:
     """The coded bytes of one chunk ``[n, width]`` (symbols < S of ``table [width, S]``)."""
     c = _coder()
     n, width = block.shape
-    S = table.shape[1]
     sym = np.ascontiguousarray(block, dtype=np.int64)
     table = np.asarray(table, dtype=np.int64)
-    top = table_top(table)
     coder = c.stream.stack.AnsCoder()
     lay = ChunkLayout(first_row, n, group_rows, group_phase, increment)
     if not lay.adaptive:
         # column-major: column 0's rows first; coded in reverse so the decoder reads forward
-        probs = _probabilities(table, top)
+        probs = _probabilities(table, table_top(table))
         for m in range(width - 1, -1, -1):
             model = c.stream.model.Categorical(probs[m], perfect=False)
             coder.encode_reverse(sym[:, m].astype(np.int32), model)
     else:
         family = c.stream.model.Categorical(perfect=False)
-        counts = np.zeros((width, lay.groups, S), dtype=np.int64)     # column-major, as the order
-        cols = np.arange(width)[:, None]
-        np.add.at(counts, (cols, lay.group_of[None, :], sym.T), 1)
-        for rows in reversed(lay.waves):
-            g = lay.group_of[rows]
-            counts[cols, g[None, :], sym[rows].T] -= 1                # the counts before this wave
-            w = counts[:, g] * increment
-            w += table[:, None, :]                                      # [width, r, S]
-            probs = _probabilities(w, np.broadcast_to(top[:, None], w.shape[:2]))
-            coder.encode_reverse(sym[rows].T.reshape(-1).astype(np.int32), family, probs.reshape(-1, S))
+        model = _WaveModel(table, lay, increment)
+        coded = np.ascontiguousarray(sym[lay.order].T, dtype=np.int32)   # [width, n], wave after wave
+        counts = np.zeros((width, lay.groups, table.shape[1]), dtype=np.int64)
+        np.add.at(counts, (np.arange(width)[:, None], lay.group_of[None, :], sym.T), 1)
+        model.weights += counts * model.increment                 # the weights after the chunk
+        for t in range(len(lay.waves) - 1, -1, -1):               # reverse, so the decoder reads forward
+            s = coded[:, lay.bounds[t]:lay.bounds[t + 1]]
+            model.count(t, s, -1.0)                               # the weights before this wave
+            coder.encode_reverse(s.reshape(-1), family, model.rows(t))
     return np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
 
 
@@ -217,26 +281,20 @@ def decode_chunk(data, n: int, table: np.ndarray, first_row: int, group_rows: in
     lay = ChunkLayout(first_row, n, group_rows, group_phase, increment)
     try:
         coder = c.stream.stack.AnsCoder(words)
-        top = table_top(table)
         if not lay.adaptive:
-            probs = _probabilities(table, top)
+            probs = _probabilities(table, table_top(table))
             for m in range(width):
                 out[:, m] = coder.decode(c.stream.model.Categorical(probs[m], perfect=False), n)
         else:
             family = c.stream.model.Categorical(perfect=False)
-            counts = np.zeros((width, lay.groups, S), dtype=np.int64)
-            cols = np.arange(width)[:, None]
-            tops = None
-            for rows in lay.waves:
-                g = lay.group_of[rows]
-                w = counts[:, g] * increment
-                w += table[:, None, :]
-                if tops is None or tops.shape[1] != len(rows):
-                    tops = np.broadcast_to(top[:, None], (width, len(rows)))
-                probs = _probabilities(w, tops)
-                sym = np.asarray(coder.decode(family, probs.reshape(-1, S)), dtype=np.int64).reshape(width, len(rows))
-                out[rows] = sym.T
-                counts[cols, g[None, :], sym] += 1
+            model = _WaveModel(table, lay, increment)
+            decoded = np.empty((width, n), dtype=np.int64)            # wave after wave, as coded
+            for t in range(len(lay.waves)):
+                lo, hi = lay.bounds[t], lay.bounds[t + 1]
+                sym = coder.decode(family, model.rows(t)).reshape(width, hi - lo)
+                decoded[:, lo:hi] = sym
+                model.count(t, sym, 1.0)
+            out[lay.order] = decoded.T
         empty = coder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as exc:   # constriction's "invalid compressed data"
         _bad(where, f"coded chunk is not a valid rANS stream ({exc})")
@@ -249,51 +307,74 @@ def decode_chunk(data, n: int, table: np.ndarray, first_row: int, group_rows: in
 
 
 # ----------------------------------------------------------------------------- choosing
+class _Occurrences:
+    """What the estimate needs of some chunks whatever the increment: for every adaptive chunk, each
+    row's position in its group and, per column, the stored frequency of the row's symbol and the
+    number of its earlier occurrences in the row's group (an occurrence count by sorting)."""
+
+    def __init__(self, chunks, table: np.ndarray, first_rows, group_rows: int, group_phase: int):
+        self.table = table = np.asarray(table, dtype=np.int64)
+        width, S = table.shape
+        self.static_f = frequencies(table, table_top(table))
+        self.chunks = []
+        for block, first in zip(chunks, first_rows):
+            sym = np.asarray(block, dtype=np.int64)
+            n = sym.shape[0]
+            lay = ChunkLayout(first, n, group_rows, group_phase, 1)
+            if not lay.adaptive:
+                self.chunks.append((sym, None, None))
+                continue
+            t = np.empty(n, dtype=np.int64)
+            for i, rows in enumerate(lay.waves):
+                t[rows] = i
+            cols = []
+            for m in range(width):
+                key = lay.group_of * S + sym[:, m]
+                order = np.argsort(key, kind="stable")
+                ks = key[order]
+                start = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1]
+                run = np.zeros(n, dtype=np.int64)
+                run[start] = 1
+                head = np.cumsum(run) - 1
+                occ = np.empty(n, dtype=np.int64)
+                occ[order] = np.arange(n) - start[head]
+                cols.append((table[m, sym[:, m]], occ))
+            self.chunks.append((sym, t, cols))
+
+    def bits(self, increment: int) -> float:
+        width, S = self.table.shape
+        bits = 0.0
+        for sym, t, cols in self.chunks:
+            if not increment or t is None:
+                bits -= float(np.log2(self.static_f[np.arange(width)[None, :], sym] / PROB_TOTAL).sum())
+                continue
+            A = (PROB_TOTAL * (PROB_TOTAL - S)) // (TABLE_TOTAL + increment * t)
+            for g, occ in cols:
+                w = g + increment * occ
+                p = (1 + ((w * A) >> PRECISION)) / PROB_TOTAL
+                bits -= float(np.log2(p).sum())
+        return bits
+
+
 def estimate_bits(chunks, table: np.ndarray, first_rows, group_rows: int, group_phase: int,
                   increment: int) -> float:
     """Ideal code length (bits) of ``chunks`` under the model with this increment: the exact
     frequencies' -log2 of the coded symbols (a rANS coder adds ~32 bits a chunk)."""
-    table = np.asarray(table, dtype=np.int64)
-    width, S = table.shape
-    bits = 0.0
-    cols = np.arange(width)
-    for block, first in zip(chunks, first_rows):
-        sym = np.asarray(block, dtype=np.int64)
-        n = sym.shape[0]
-        lay = ChunkLayout(first, n, group_rows, group_phase, increment)
-        if not lay.adaptive:
-            f = frequencies(table, table_top(table))
-            bits -= float(np.log2(f[cols[None, :], sym] / PROB_TOTAL).sum())
-            continue
-        # the same symbol's earlier occurrences in the row's group (an occurrence count by sorting)
-        t = np.empty(n, dtype=np.int64)
-        for i, rows in enumerate(lay.waves):
-            t[rows] = i
-        for m in range(width):
-            key = lay.group_of * S + sym[:, m]
-            order = np.argsort(key, kind="stable")
-            ks = key[order]
-            start = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1]
-            run = np.zeros(n, dtype=np.int64)
-            run[start] = 1
-            head = np.cumsum(run) - 1
-            occ = np.empty(n, dtype=np.int64)
-            occ[order] = np.arange(n) - start[head]
-            w = table[m, sym[:, m]] + increment * occ
-            A = (PROB_TOTAL * (PROB_TOTAL - S)) // (TABLE_TOTAL + increment * t)
-            p = (1 + ((w * A) >> PRECISION)) / PROB_TOTAL
-            bits -= float(np.log2(p).sum())
-    return bits
+    return _Occurrences(chunks, table, first_rows, group_rows if increment else 0, group_phase).bits(increment)
 
 
 def choose_increment(chunks, table, first_rows, group_rows: int, group_phase: int, chunk_rows: int):
-    """The increment (of INCREMENTS, within the cell cap) with the smallest estimated code length."""
+    """The increment (of INCREMENTS, within the cell cap) with the smallest estimated code length
+    (the occurrence counts, which do not depend on the increment, are counted once)."""
     width, S = table.shape
     best = None
+    occurrences = None
     for inc in INCREMENTS if group_rows > 1 else (0,):
         if model_cells(chunk_rows, width, S, group_rows, inc) > MAX_MODEL_CELLS:
             continue
-        bits = estimate_bits(chunks, table, first_rows, group_rows, group_phase, inc)
+        if occurrences is None:
+            occurrences = _Occurrences(chunks, table, first_rows, group_rows, group_phase)
+        bits = occurrences.bits(inc)
         if best is None or bits < best[0]:
             best = (bits, inc)
     return None if best is None else best[1]
