@@ -14,6 +14,14 @@ drawing from its own Zipf law over a random permutation of the alphabet.  Chunks
 makes them for ``[images, views, C]``: ``views * max(1, 4096 // views)`` rows, groups of ``views``
 rows; the increment is the one the writer chooses.  Times: CPU seconds of this process
 (``time.process_time``), median of ``--repeat``, old and new alternating.
+
+With ``--file`` and ``--decode-rows N`` (> 0), the whole-file decode too: the file is recoded as
+today's writer codes an ``[images, views, C]`` set (every label stream "auto", the views of an
+image as groups: rans where smaller) and with every label stream in zstd (4096-row chunks), and
+``Reader.decode`` of the first N labels (vq decoder included) is timed on the zstd file, on the
+rans file with the former chunk decoder (``entropy.decode_chunk`` replaced by the one of
+``tests/entropy_before.py`` for the run) and on the rans file as slcodec decodes it now; the three
+must decode the same labels.
 """
 from __future__ import annotations
 
@@ -102,6 +110,46 @@ def measure(rows: np.ndarray, views: int, repeat: int) -> dict:
     return res
 
 
+def file_decode(args, res) -> None:
+    import tempfile
+
+    import slcodec
+    from entropy_streams import recode
+    work = tempfile.mkdtemp(prefix="rans_speed_")
+    rfile, zfile = os.path.join(work, "rans.vqsl"), os.path.join(work, "zstd.vqsl")
+    recode(args.file, rfile, dict(coding="auto", chunk_rows=args.views * max(1, 4096 // args.views),
+                                  group_rows=args.views))
+    recode(args.file, zfile, dict(coding="zstd", chunk_rows=4096))
+    with Container.open(rfile) as c:
+        res["file_streams"] = {s["name"]: s["coding"] for s in c.header["sections"] if s["kind"] == "stream"}
+    rows = np.arange(args.decode_rows)
+    fast = new.decode_chunk
+    cpu_s = {"zstd": [], "rans-before": [], "rans-now": []}
+    got = {}
+    for path in (zfile, rfile):     # warm-up (imports, torch's first call), not timed
+        with slcodec.open(path) as r:
+            r.decode(np.arange(10), as_="logits")
+    for _ in range(args.repeat):
+        for name, path, decoder in (("zstd", zfile, fast), ("rans-before", rfile, old.decode_chunk),
+                                    ("rans-now", rfile, fast)):
+            new.decode_chunk = decoder     # the container calls entropy.decode_chunk
+            try:
+                with slcodec.open(path) as r:
+                    dt, out = cpu(lambda: r.decode(rows, as_="logits"))
+            finally:
+                new.decode_chunk = fast
+            cpu_s[name].append(dt)
+            got[name] = out.numpy()
+    if not (np.array_equal(got["zstd"], got["rans-before"]) and np.array_equal(got["zstd"], got["rans-now"])):
+        raise SystemExit("the files decode differently")
+    res["file_decode"] = {"rows": args.decode_rows, **{
+        k: {"cpu_s": statistics.median(v), "labels_per_cpu_s": args.decode_rows / statistics.median(v)}
+        for k, v in cpu_s.items()}}
+    for p in (rfile, zfile):
+        os.remove(p)
+    os.rmdir(work)
+
+
 def markdown(res) -> str:
     lines = ["| stream | rows x width, alphabet | increment | step | before CPU s | after CPU s | before rows/CPU s | "
              "after rows/CPU s | speedup |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -111,6 +159,13 @@ def markdown(res) -> str:
             lines.append(f"| {name} | {r['rows']} x {r['width']}, {r['alphabet']} | {r['increment']} | {k} | "
                          f"{m['old_cpu_s']:.3f} | {m['new_cpu_s']:.3f} | {m['old_rows_per_cpu_s']:,.0f} | "
                          f"{m['new_rows_per_cpu_s']:,.0f} | {m['speedup']:.1f}x |")
+    if "file_decode" in res:
+        d = res["file_decode"]
+        lines += ["", f"Reader.decode of the first {d['rows']:,} labels (streams: "
+                  + ", ".join(f"{k[8:]} {v}" for k, v in res["file_streams"].items()) + "), labels per CPU second: "
+                  + ", ".join(f"{k} {d[k]['labels_per_cpu_s']:,.0f}" for k in ("zstd", "rans-before", "rans-now"))
+                  + f"; now / before {d['rans-now']['labels_per_cpu_s'] / d['rans-before']['labels_per_cpu_s']:.2f}x, "
+                  f"now / zstd {d['rans-now']['labels_per_cpu_s'] / d['zstd']['labels_per_cpu_s']:.2f}x."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=300, help="views per image: the group size (default 300)")
     ap.add_argument("--rows", type=int, default=60000, help="rows of each stream measured (default 60,000)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--decode-rows", type=int, default=0,
+                    help="with --file: labels of the timed whole-file decodes (default 0: none)")
     ap.add_argument("--out", default=None, help="output prefix (.json, .md)")
     args = ap.parse_args(argv)
     res = {"file": args.file, "views": args.views, "repeat": args.repeat, "python": platform.python_version(),
@@ -131,6 +188,8 @@ def main(argv=None) -> int:
         res["streams"][name] = measure(rows, args.views, args.repeat)
         print(name, {k: round(res["streams"][name][k]["speedup"], 2) for k in ("decode", "encode", "choose")},
               flush=True)
+    if args.file and args.decode_rows:
+        file_decode(args, res)
     print(markdown(res))
     if args.out:
         with open(args.out + ".json", "w") as f:

@@ -257,9 +257,8 @@ def encode_chunk(block: np.ndarray, table: np.ndarray, first_row: int, group_row
         family = c.stream.model.Categorical(perfect=False)
         model = _WaveModel(table, lay, increment)
         coded = np.ascontiguousarray(sym[lay.order].T, dtype=np.int32)   # [width, n], wave after wave
-        counts = np.zeros((width, lay.groups, table.shape[1]), dtype=np.int64)
-        np.add.at(counts, (np.arange(width)[:, None], lay.group_of[None, :], sym.T), 1)
-        model.weights += counts * model.increment                 # the weights after the chunk
+        # the weights after the chunk (integers below 2**33: exact in any order of addition)
+        np.add.at(model.weights, (np.arange(width)[:, None], lay.group_of[None, :], sym.T), model.increment)
         for t in range(len(lay.waves) - 1, -1, -1):               # reverse, so the decoder reads forward
             s = coded[:, lay.bounds[t]:lay.bounds[t + 1]]
             model.count(t, s, -1.0)                               # the weights before this wave
