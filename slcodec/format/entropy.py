@@ -207,9 +207,14 @@ class _WaveModel:
         #: flat index of (column m, group g, symbol 0) in the weights
         self._row_start = (np.arange(width)[:, None] * G + np.arange(G)[None, :]) * S
         top = table_top(table)
-        #: flat index of each column's top symbol in the rows of a wave of r groups, by r
-        self._top_index = {r: np.arange(width * r) * S + np.repeat(top, r) for r in
-                           {len(rows) for rows in lay.waves}}
+        # by the number r of rows of a wave (at most 3 values): views of the buffer as the wave's
+        # weights [width, r, S], as constriction's rows [width * r, S] and flat, the sums' view, and
+        # the flat index of each column's top symbol in those rows
+        self._views = {}
+        for r in {len(rows) for rows in lay.waves}:
+            flat = self._buf[:width * r * S]
+            self._views[r] = (flat.reshape(width, r, S), flat.reshape(width * r, S), flat, self._sums[:width * r],
+                              np.arange(width * r) * S + np.repeat(top, r))
 
     @staticmethod
     def _span(g: np.ndarray):
@@ -221,16 +226,12 @@ class _WaveModel:
     def rows(self, t: int) -> np.ndarray:
         """constriction's rows ``[width * r, S]`` (f - 1, in the coding order: column, then row) of
         the r rows of wave t."""
-        S, width = self.S, self.width
         w = self.weights[:, self.spans[t]]
-        r = w.shape[1]
-        flat = self._buf[:width * r * S]
-        np.multiply(w, self._scale[t], out=flat.reshape(width, r, S))
+        block, rows, flat, sums, top = self._views[w.shape[1]]
+        np.multiply(w, self._scale[t], out=block)
         np.floor(flat, out=flat)
-        rows = flat.reshape(width * r, S)
-        sums = self._sums[:width * r]
         np.dot(rows, self._ones, out=sums)       # integers below 2**24 in all: exact in any order
-        flat[self._top_index[r]] += (PROB_TOTAL - S) - sums
+        flat[top] += (PROB_TOTAL - self.S) - sums
         return rows
 
     def count(self, t: int, sym: np.ndarray, sign: float) -> None:
