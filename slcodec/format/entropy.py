@@ -37,7 +37,8 @@ MAX_INCREMENT = 1 << 16
 #: rows of a rans chunk (keeps every weight w * 2**24 below 2**63 in int64 arithmetic)
 MAX_CHUNK_ROWS = 1 << 16
 #: counters a decoder keeps for one chunk (groups in the chunk x width x alphabet; width x
-#: alphabet for a static model): bounds its memory (and one wave's probability rows) at 32 MiB
+#: alphabet for a static model): bounds its memory (float64 weights, and one wave's probability
+#: rows: 32 MiB each)
 MAX_MODEL_CELLS = 1 << 22
 #: the increments a writer tries (ideal code lengths, then the best one is coded); 2**16 / inc is
 #: the probe's mixing weight alpha (benchmarks/vq_scale_probes.py): 1 .. 256
@@ -204,8 +205,9 @@ class _WaveModel:
         A = (PROB_TOTAL * (PROB_TOTAL - S)) // (TABLE_TOTAL + increment * np.arange(len(lay.waves), dtype=np.int64))
         self._scale = (A.astype(np.float64) * 2.0 ** -PRECISION).tolist()
         self.spans = [self._span(lay.group_of[rows]) for rows in lay.waves]
-        #: flat index of (column m, group g, symbol 0) in the weights
-        self._row_start = (np.arange(width)[:, None] * G + np.arange(G)[None, :]) * S
+        # flat index of (column m, group g, symbol 0) in the weights, for the groups of each wave
+        row_start = (np.arange(width)[:, None] * G + np.arange(G)[None, :]) * S
+        self._row_starts = [row_start[:, span] for span in self.spans]
         top = table_top(table)
         # by the number r of rows of a wave (at most 3 values): views of the buffer as the wave's
         # weights [width, r, S], as constriction's rows [width * r, S] and flat, the sums' view, and
@@ -236,7 +238,7 @@ class _WaveModel:
 
     def count(self, t: int, sym: np.ndarray, sign: float) -> None:
         """Add (sign +1) or remove (-1) one occurrence of wave t's symbols ``sym [width, r]``."""
-        self._weights_flat[self._row_start[:, self.spans[t]] + sym] += sign * self.increment
+        self._weights_flat[self._row_starts[t] + sym] += sign * self.increment
 
 
 def encode_chunk(block: np.ndarray, table: np.ndarray, first_row: int, group_rows: int, group_phase: int,
@@ -260,8 +262,9 @@ def encode_chunk(block: np.ndarray, table: np.ndarray, first_row: int, group_row
         coded = np.ascontiguousarray(sym[lay.order].T, dtype=np.int32)   # [width, n], wave after wave
         # the weights after the chunk (integers below 2**33: exact in any order of addition)
         np.add.at(model.weights, (np.arange(width)[:, None], lay.group_of[None, :], sym.T), model.increment)
+        bounds = lay.bounds.tolist()
         for t in range(len(lay.waves) - 1, -1, -1):               # reverse, so the decoder reads forward
-            s = coded[:, lay.bounds[t]:lay.bounds[t + 1]]
+            s = coded[:, bounds[t]:bounds[t + 1]]
             model.count(t, s, -1.0)                               # the weights before this wave
             coder.encode_reverse(s.reshape(-1), family, model.rows(t))
     return np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
@@ -289,8 +292,9 @@ def decode_chunk(data, n: int, table: np.ndarray, first_row: int, group_rows: in
             family = c.stream.model.Categorical(perfect=False)
             model = _WaveModel(table, lay, increment)
             decoded = np.empty((width, n), dtype=np.int64)            # wave after wave, as coded
+            bounds = lay.bounds.tolist()
             for t in range(len(lay.waves)):
-                lo, hi = lay.bounds[t], lay.bounds[t + 1]
+                lo, hi = bounds[t], bounds[t + 1]
                 sym = coder.decode(family, model.rows(t)).reshape(width, hi - lo)
                 decoded[:, lo:hi] = sym
                 model.count(t, sym, 1.0)
