@@ -587,6 +587,9 @@ def _vq_problems(h, cfg, params, streams, C):
         want["image_bias"] = [shape[0], C]
     if "image_bias_k" in cfg and cfg.get("image_bias") != "sparse":
         return ["codec: vq image_bias_k without image_bias sparse"]
+    rk = cfg.get("residual_k")   # format 1.8: stored with residual_step, only when >= 1
+    if ("residual_k" in cfg) != ("residual_step" in cfg) or rk is not None and not 1 <= rk < C:
+        return ["codec: vq residual_k / residual_step"]
     sparse = {}
     if cfg.get("image_bias") == "sparse":   # format 1.7
         if len(shape) != 3:
@@ -651,6 +654,9 @@ def _vq_problems(h, cfg, params, streams, C):
     if not bound <= 1e30:
         out.append(f"codec-params: vq logit bound {bound:.3g} > 1e30")
     want_s = {"codes": ("uint8" if K <= 256 else "uint16", M), "top1": ("uint16" if C + 16 <= 65536 else "uint32", 1)}
+    if rk:
+        want_s.update(residual_ids=("uint16" if C <= 65536 else "uint32", rk), residual_levels=("uint8", rk),
+                      residual_tail=("uint8", 1))
     out += _names_and_shapes({}, want_s, {}, streams, h["labels"]["count"] if "shard" not in h else streams["codes"][0]["rows"])
     if out:
         return out
@@ -659,6 +665,16 @@ def _vq_problems(h, cfg, params, streams, C):
         out.append("codec-streams: vq code >= K")
     if top1.size and np.any(((top1 < 16) & (top1 >= C)) | ((top1 >= 16) & (top1 - 16 >= C))):
         out.append("codec-streams: vq top1 out of range")
+    if rk:
+        ids = stream_rows(*streams["residual_ids"]).astype(np.int64)
+        if ids.size and ids.max() >= C:
+            out.append("codec-streams: vq residual id >= C")
+        if any(len(set(r)) != len(r) for r in ids.tolist()):
+            out.append("codec-streams: vq residual class twice")
+        for n in ("residual_levels", "residual_tail"):
+            v = stream_rows(*streams[n])
+            if v.size and v.max() > 254:
+                out.append(f"codec-streams: vq {n} > 254")
     return out
 
 

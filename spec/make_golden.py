@@ -68,6 +68,11 @@ def cases():
                                 {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
                                  "train_batch": 64, "param_dtype": "float16", "image_bias": "off"}, "probs", 1e-4,
                                 "1.6"),
+        # format 1.8: vq with a per-view residual (4 classes each: ids, uint8 steps from the decoder's
+        # log-probabilities, and a tail step); decoding is the vq decoder, a log-softmax and additions
+        "v1.8-vq-residual-logits": (np.load(FIXTURE)[:4, :16], "vq",
+                                    {"codes": 2, "codebook_size": 16, "code_dim": 4, "hidden": 32, "steps": 60,
+                                     "train_batch": 64, "residual_k": 4}, "probs", 1e-4, "1.8"),
     }
 
 

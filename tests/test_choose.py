@@ -157,6 +157,38 @@ def test_small_c_candidates_include_the_small_vq_at_a_few_bits():
     assert not [o for c, o in REAL_CANDIDATES(1000, True) if c == "vq" and o.get("bits", 99) <= 4]
 
 
+def test_large_c_candidates_include_vq_with_a_residual():
+    """At C = 1000 vq's residual lowers KL at T = 1 far more per bit than a larger code (BENCHMARKS.md
+    section 17): the default and the 16-bit vq are tried with residuals of 1 .. 16 classes; not at C = 10."""
+    res = [o for c, o in REAL_CANDIDATES(1000, True) if c == "vq" and o.get("residual_k")]
+    assert sorted({o["residual_k"] for o in res}) == [1, 2, 4, 8, 16]
+    assert {o.get("bits") for o in res} == {16, None}
+    assert not [o for c, o in REAL_CANDIDATES(10, True) if c == "vq" and o.get("residual_k")]
+
+
+def test_candidates_differing_only_in_the_residual_share_one_fit(monkeypatch):
+    """One trial fit for vq and vq + residual (the residual is encode-only), and the residual's
+    held-out KL at T = 1 is below the plain vq's from that same fit."""
+    from slcodec.codecs.vq import VQCodec
+    fits = []
+    real_fit = VQCodec.fit
+
+    def counting_fit(self, labels, ctx):
+        fits.append(self.config["residual_k"])
+        return real_fit(self, labels, ctx)
+    monkeypatch.setattr(VQCodec, "fit", counting_fit)
+    tiny = {"codes": 1, "codebook_size": 16, "code_dim": 4, "hidden": 16, "decoder_layers": 0, "steps": 40,
+            "train_batch": 64, "fit_threads": 1}
+    src = as_source(np.load(FIXTURE))
+    choice = ch.choose(src, candidate_list=[("vq", tiny), ("vq", dict(tiny, residual_k=4)), ("sparse", {"k": 1})],
+                       budget=1e9, sample_labels=512)
+    assert fits == [0]
+    plain, res = choice.trials[0], choice.trials[1]
+    assert res.config["residual_k"] == 4 and "residual_k" not in plain.config
+    assert res.kl["1"] < plain.kl["1"] and res.bits_per_label > plain.bits_per_label
+    assert all(t.fitted is None for t in choice.trials)
+
+
 def test_default_budget_is_two_percent_of_fp16_with_a_floor_at_small_c():
     """2% of FP16 is 320 bits per label at C = 1000; at C = 10 it would be 3.2 bits, where nothing
     measured meets the default target and the student lost 1.5-1.9% (BENCHMARKS.md sections 4, 11),

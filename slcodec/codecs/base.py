@@ -15,6 +15,7 @@ JSON/msgpack-able configuration stored in the container header.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
@@ -73,6 +74,9 @@ class Codec(ABC):
     #: True when decode returns a new tensor nothing else refers to (not a view of its streams),
     #: so readers may convert it in place
     decode_owns_output: ClassVar[bool] = False
+    #: options the fit does not depend on (only how labels are encoded against fitted
+    #: parameters): :meth:`with_options` may change them on a fitted codec
+    encode_only_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **config):
         known = {o.name: o for o in self.options}
@@ -110,6 +114,19 @@ class Codec(ABC):
     @classmethod
     def from_config(cls, config: dict) -> "Codec":
         return cls(**config)
+
+    def with_options(self, **options) -> "Codec":
+        """A codec sharing this one's fitted state (parameters, encoder), with some of its
+        :attr:`encode_only_options` changed: one fit, several files (the no-flag choice's
+        trials of ``vq`` with and without a residual)."""
+        other = sorted(set(options) - set(self.encode_only_options))
+        if other:
+            raise ConfigError(f"codec {self.codec_id!r}: option {other[0]!r} changes the fit; only "
+                              f"{', '.join(self.encode_only_options) or 'none'} may change after it")
+        twin = copy.copy(self)
+        twin.config = check_options(self.codec_id, self.options, dict(self.config, **options))
+        twin.fit_info = dict(self.fit_info)
+        return twin
 
     # -- identity (as numcodecs defines it: a codec is its config - here, and what it has fitted) --
     def __eq__(self, other):

@@ -50,6 +50,7 @@ from ..errors import ConfigError, FormatError
 from ..lazy_torch import lazy_import
 from .argmax_fix import apply_top1, check_top1, top1_dtype, top1_symbols
 from .base import Codec, Context, Option, block_rows, check_classes, check_decode_size, register
+from .residual import decode_logits, encode_residual
 from .rules import Float, Int
 
 torch = lazy_import("torch", globals())  # imported on first use: file checks need no torch
@@ -90,28 +91,9 @@ def prior_logits(levels: torch.Tensor, rng: torch.Tensor) -> torch.Tensor:
     return rng[:, 0:1] - d * d
 
 
-def decode_logits(a: torch.Tensor, ids: torch.Tensor, res: torch.Tensor, tail: torch.Tensor,
-                  step: float) -> torch.Tensor:
-    """The decoded logits of labels with prior rows ``a`` [n, C], stored classes ``ids`` [n, k]
-    (int64), residual levels ``res`` [n, k] and tail levels ``tail`` [n, 1] (float32), before the
-    top-1 fix (a new tensor)."""
-    if ids.shape[1] == 0:
-        return a.clone()
-    z = a + tail * step
-    return z.scatter_(1, ids, a.gather(1, ids) + res * step)
-
-
 def _rows_ctx(ctx: Context, start: int, stop: int) -> Context:
     """``ctx`` for rows ``start:stop`` of the block it describes (``ctx.rows`` sliced)."""
     return dataclasses.replace(ctx, rows=None if ctx.rows is None else np.asarray(ctx.rows)[start:stop])
-
-
-def _select(score: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest scores per row (non-negative), ties to the lower class id on every device:
-    a unique integer key (the bits of a non-negative float32 order like the float)."""
-    bits = score.clamp_min(0.0).contiguous().view(torch.int32).to(torch.int64)
-    key = (bits << 32) | (0xFFFFFFFF - torch.arange(score.shape[1], device=score.device))
-    return torch.topk(key, k, dim=1, largest=True, sorted=True).indices
 
 
 @register
@@ -275,19 +257,7 @@ class ImagePriorCodec(Codec):
         a = self._prior_rows(ctx, n, dev)
         out = {}
         if k:
-            # the classes whose log-probability the prior gets most wrong, weighted by the larger
-            # of the two probabilities (on the fixture: lower KL at T = 1 and 4 than |p - q|)
-            p = lp.exp()
-            ids = _select((lp - a).abs() * torch.maximum(p, torch.softmax(a, dim=1)), k)
-            # in increasing id order: the container's column-major zstd chunks then code them in fewer
-            # bits (fixture, k = 20: 158 against 191 bits per label; Fashion-MNIST, k = 3: 4.1 against 7.3)
-            ids = ids.sort(dim=1).values
-            res = torch.round((lp.gather(1, ids) - a.gather(1, ids)) / step).clamp(-127, 127)
-            # the other classes keep the prior's shape, shifted to carry the view's own tail mass
-            # (a difference 1 - sum(stored) would amplify the stored values' rounding)
-            tail_p = p.scatter(1, ids, 0.0).sum(1, keepdim=True).clamp_min(1e-30)
-            tail_a = a.exp().scatter(1, ids, 0.0).sum(1, keepdim=True).clamp_min(1e-30)
-            tail = torch.round((torch.log(tail_p) - torch.log(tail_a)) / step).clamp(-127, 127)
+            ids, res, tail = encode_residual(lp, a, k, step)
             z = decode_logits(a, ids, res, tail, step)
             out["ids"] = ids.cpu().numpy().astype(_ids_dtype(C))
             out["residuals"] = res.cpu().numpy().astype(np.int8)

@@ -17,7 +17,8 @@ parameters) is paid once (a per-image table such as ``imgprior``'s prior once pe
 label streams' bytes per label are paid N times.
 
 Learned codecs are fitted here with fewer steps than their real fit (``TRIAL_VQ_STEPS``) on a
-few thousand labels, so their measured fidelity is, if anything, pessimistic.
+few thousand labels, so their measured fidelity is, if anything, pessimistic.  Candidates that
+differ only in a codec's encode-only options (``vq``'s residual) share one trial fit.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ DEFAULT_BUDGET_FP16_FRACTION = 0.02
 DEFAULT_BUDGET_MIN_BITS = 10.0
 #: labels of the set the choice measures on (fit part + held-out part)
 SAMPLE_LABELS = 4096
+#: vq residual sizes tried (on the 16-bit and the default vq), for sets of at least this many classes
+#: (at C = 10 the small vq's codes already carry the label)
+RESIDUAL_KS = (1, 2, 4, 8, 16)
+RESIDUAL_MIN_CLASSES = 64
 #: vq steps of a candidate's trial fit (the real fit uses the codec's own, 3000 by default)
 TRIAL_VQ_STEPS = 500
 #: a candidate is predicted to meet a target when its held-out KL is at most this fraction of it,
@@ -91,9 +96,14 @@ def candidates(classes: int, images: bool) -> list[tuple[str, dict]]:
         # the small decoder at 3-6 bits: at small C the budget is a few bits per label (10 at C = 10)
         # and these are the best fidelity within it once N amortises its ~6 KB (BENCHMARKS.md section 11)
         out += [("vq", dict(vq_trial, hidden=32, decoder_layers=0, bits=b)) for b in (3, 4, 6)]
-    out += [("vq", dict(vq_trial, hidden=32, decoder_layers=0, bits=8)),
-            ("vq", dict(vq_trial, hidden=64, decoder_layers=0, bits=16)),
-            ("vq", dict(vq_trial))]
+    out += [("vq", dict(vq_trial, hidden=32, decoder_layers=0, bits=8))]
+    for vq in (dict(vq_trial, hidden=64, decoder_layers=0, bits=16), dict(vq_trial)):
+        out.append(("vq", vq))
+        # the decoder's output plus a per-view residual (format 1.8): at large C it lowers KL at
+        # T = 1 far more per bit than a larger code (BENCHMARKS.md section 17); each shares its
+        # vq's trial fit, so these cost an encode of the sample each, not a fit
+        if classes >= RESIDUAL_MIN_CLASSES:
+            out += [("vq", dict(vq, residual_k=k)) for k in RESIDUAL_KS if k < classes // 4]
     return out
 
 
@@ -113,6 +123,9 @@ class Trial:
     top1: float
     top5: float
     error: str | None = None
+    #: the fitted codec (kept while choosing, so that candidates differing only in encode-only
+    #: options share one fit); not part of the result
+    fitted: object = dataclasses.field(default=None, repr=False, compare=False)
 
     def misses(self, target, allow_top1_loss: bool, safety: float = 1.0) -> list[str]:
         """What of the target this trial misses ([] when it meets it)."""
@@ -222,10 +235,11 @@ def fidelity(p_log, q_log, temperatures) -> dict:
 
 
 def trial(sample, shape, fit_idx, held_idx, kind: str, images, n_total: int, codec: str, options: dict,
-          temperatures, seed: int = 0, device: str = "cpu") -> Trial:
-    """Fit ``codec`` with ``options`` on the fit rows of ``sample``, write the whole sample with
-    slcodec's writer, decode the held-out rows from the file and score them; predict the whole
-    set's bits per label from the file's fixed part and its stream bytes per label."""
+          temperatures, seed: int = 0, device: str = "cpu", fitted=None) -> Trial:
+    """Fit ``codec`` with ``options`` on the fit rows of ``sample`` (or take ``fitted``, a codec
+    fitted with the same fit options), write the whole sample with slcodec's writer, decode the
+    held-out rows from the file and score them; predict the whole set's bits per label from the
+    file's fixed part and its stream bytes per label."""
     from ..format.container import Container
     from ..format.stats import file_stats
     from .reader import open as open_reader
@@ -239,13 +253,16 @@ def trial(sample, shape, fit_idx, held_idx, kind: str, images, n_total: int, cod
         path = os.path.join(tmp, "trial.vqsl")
         with Writer(path, codec, classes=C, shape=shape, source_kind=kind, device=device, seed=seed,
                     **options) as w, RowReader(sample) as reader:
-            if w.needs_fit:
+            if fitted is not None:
+                w.use_fitted(fitted)
+            elif w.needs_fit:
                 wanted = w.codec.fit_statistics(w.shape, C)
                 for name, value in compute_fit_statistics(wanted, reader, w.shape, kind, 8192, 0,
                                                           sample.shape[0]).items():
                     w.set_fit_statistic(name, value)
                 w.fit(sample[fit_idx], rows=fit_idx)
             w.append(sample)
+            codec_used = w.codec
         with Container.open(path) as c:
             s = file_stats(c)
         with open_reader(path) as r:
@@ -259,7 +276,15 @@ def trial(sample, shape, fit_idx, held_idx, kind: str, images, n_total: int, cod
         fixed += per_image * images / shape[0]
     marginal = stream_bytes * 8 / n_sample
     bits = (fixed * 8 + marginal * n_total) / n_total
-    return Trial(codec, real, bits, fixed, marginal, fid["kl"], fid["kl_p99"], fid["top1"], fid["top5"])
+    return Trial(codec, real, bits, fixed, marginal, fid["kl"], fid["kl_p99"], fid["top1"], fid["top5"],
+                 fitted=codec_used)
+
+
+def _fit_key(codec: str, options: dict):
+    """Candidates with equal keys need one fit: they differ only in the codec's encode-only options."""
+    from ..codecs.base import get_codec_class
+    skip = set(get_codec_class(codec).encode_only_options)
+    return codec, tuple(sorted((k, repr(v)) for k, v in options.items() if k not in skip))
 
 
 def choose(src, target=DEFAULT_TARGET, budget: float | None = None, *, allow_top1_loss: bool = False,
@@ -284,17 +309,26 @@ def choose(src, target=DEFAULT_TARGET, budget: float | None = None, *, allow_top
     temps = sorted({t for _, t in target} | {1.0, 4.0})
     cands = candidate_list if candidate_list is not None else candidates(src.classes, images is not None)
     trials = []
+    fits = {}   # _fit_key -> a fitted codec of that key
     for i, (codec, options) in enumerate(cands):
         if progress is not None:
             progress(i, len(cands), f"choose: {codec} {_config_text(options)}")
         if images is None and codec == "imgprior":
             continue
+        key = _fit_key(codec, options)
         try:
+            shared = fits.get(key)
+            if shared is not None:
+                enc = {o.name: options.get(o.name, o.default) for o in shared.options
+                       if o.name in shared.encode_only_options}
+                shared = shared.with_options(**enc)
             t = trial(sample, shape, fit_idx, held_idx, src.kind, images, n_total, codec, options, temps,
-                      seed=seed, device=device)
+                      seed=seed, device=device, fitted=shared)
         except SlcodecError as exc:  # an option that does not fit this set (k >= C, a vq bound refused ...)
             trials.append(Trial(codec, options, math.inf, math.inf, math.inf, {}, {}, 0.0, 0.0, str(exc)))
             continue
+        fits.setdefault(key, t.fitted)
+        t.fitted = None
         trials.append(t)
         if log is not None:
             log(f"choose: {t.describe()}: {t.bits_per_label:.1f} bits/label, "

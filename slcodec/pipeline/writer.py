@@ -245,6 +245,25 @@ class Writer:
             self.abort()
             raise
 
+    def use_fitted(self, codec) -> None:
+        """Encode with ``codec``, a codec of this writer's id already fitted (by another writer,
+        or ``codec.with_options(...)`` of one), instead of fitting: the no-flag choice scores
+        several encode-only variants of one fit this way.  Rows appended before are encoded now."""
+        self._check_open()
+        if self.fitted:
+            raise ValueError("the codec is already fitted")
+        if getattr(codec, "codec_id", None) != self.codec_id:
+            raise ConfigError(f"use_fitted: a {getattr(codec, 'codec_id', type(codec).__name__)!r} codec for a "
+                              f"{self.codec_id!r} writer")
+        try:
+            self.codec = codec
+            self._specs = codec.stream_specs(self.classes)
+            self._new_builders()
+            self._flush_held()
+        except BaseException:
+            self.abort()
+            raise
+
     def _fit_held(self):
         import torch
         held = torch.cat(self._held) if len(self._held) > 1 else self._held[0]

@@ -22,6 +22,12 @@ from .networks import _Decoder, _nearest, _to_logits, logit_bound
 from .prior import ImagePriorMixin, check_sparse_prior, sparse_prior_abs_bound
 from .table import _FastDecoder
 from .top1 import _apply_top1_lift_cpu, apply_top1, top1_symbols
+from ..residual import MAX_LEVEL, decode_logits, encode_residual
+
+#: log-probabilities the residual is computed from are clamped here (masked logits, zero probabilities)
+RESIDUAL_LOG_FLOOR = -1e4
+#: largest residual_step (nats): 127 steps of it span far beyond any label's range
+MAX_RESIDUAL_STEP = 4.0
 
 
 def _rows_ctx(ctx: Context, start: int, n: int) -> Context:
@@ -37,6 +43,7 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
 
     codec_id = "vq"
     decode_owns_output = True
+    encode_only_options = ("residual_k", "residual_step")
     options = (
         Option("bits", float, 48.0, "nominal marginal bits per label: M*log2(K) + 2 (argmax budget)",
                rule=Float(ARGMAX_BITS, MAX_CODES * 16 + ARGMAX_BITS, lo_open=True)),
@@ -98,6 +105,13 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
                rule=Choice(("auto", "on", "sparse", "off"))),
         Option("image_bias_k", int, 64, "classes listed per image by image_bias=sparse",
                rule=Int(1, 65536)),
+        Option("residual_k", int, 0, "classes corrected per view on top of the decoder's output (format "
+               "1.8): the residual_k classes whose log-probability the decoder gets most wrong, each a uint8 step "
+               "from it, plus one step that carries the view's tail mass; lowers KL at T = 1 far more per bit "
+               "than a larger code (BENCHMARKS.md section 17); 0: none",
+               rule=Int(0, 65536)),
+        Option("residual_step", float, 0.25, "step of the stored residual log-probabilities (nats; levels "
+               "-127..127 stored as uint8 0..254)", rule=Float(0.0, MAX_RESIDUAL_STEP, lo_open=True)),
         Option("rank_weight", float, 0.0, "fitting only: weight of a hinge loss that ranks the teacher's top "
                "class first in the decoder's own logits (fewer top-1 fix-ups: smaller top1 stream, faster decode)",
                rule=Float(0.0, 1e6)),
@@ -150,10 +164,21 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
     def _code_dtype(self):
         return "uint8" if self.K <= 256 else "uint16"
 
+    def _residual_k(self, classes: int) -> int:
+        k = self.config["residual_k"]
+        if k and k >= classes:
+            raise ConfigError(f"vq: residual_k={k} must be smaller than the number of classes ({classes})")
+        return k
+
     def stream_specs(self, classes):
         check_classes(self.codec_id, classes)
-        return {"top1": ("uint16" if classes + TOP1_RANKS <= 65536 else "uint32", 1),
-                "codes": (self._code_dtype(), self.M)}
+        specs = {"top1": ("uint16" if classes + TOP1_RANKS <= 65536 else "uint32", 1),
+                 "codes": (self._code_dtype(), self.M)}
+        k = self._residual_k(classes)
+        if k:   # format 1.8; uint8 levels (offset 127) so that the writer may rans-code them
+            specs.update(residual_ids=("uint16" if classes <= 65536 else "uint32", k),
+                         residual_levels=("uint8", k), residual_tail=("uint8", 1))
+        return specs
 
     def decoded_kind(self, source_kind):
         return "logits"
@@ -167,9 +192,14 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         # fitting-only and added after 1.0: kept out of the stored config (a 1.1 reader rejects
         # unknown keys) and recorded in the fit info instead
         cfg.pop("rank_weight", None)
+        if not cfg.get("residual_k"):   # 1.8: stored only with a residual
+            cfg.pop("residual_k", None)
+            cfg.pop("residual_step", None)
         return cfg
 
     def format_minor(self):
+        if self.config["residual_k"]:   # format 1.8: the residual streams
+            return 8
         minor = {"on": 2, "sparse": 7}.get(self.config["image_bias"], 0)
         if self.config["param_dtype"] == "int8":   # format 1.5: int8 weights with per-channel scales
             minor = max(minor, 5)
@@ -219,6 +249,8 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
             raise FormatError(f"vq: parameters are for {C} classes, the file has {ctx.classes}",
                               rule=rules.CODEC_PARAMS)
         check_classes(self.codec_id, C)
+        if cfg["residual_k"] >= C:
+            raise FormatError(f"vq: residual_k={cfg['residual_k']} must be smaller than C = {C}", rule=rules.CODEC)
         # every bound of the config was checked already (decoder_layers <= 64: a few shapes to list)
         want = _Decoder.shapes(C, M, K, d, H, L)
         if cfg["param_dtype"] == "auto":   # a codec built in code (a file's config names its dtype): the params tell
@@ -294,14 +326,21 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         if labels.ndim != 2 or labels.shape[1] != self._classes:
             raise ConfigError(f"vq: labels must be [n, {self._classes}], got {list(labels.shape)}")
         n = labels.shape[0]
-        top1 = np.empty((n, 1), dtype=self.stream_specs(self._classes)["top1"][0])
+        specs = self.stream_specs(self._classes)
+        top1 = np.empty((n, 1), dtype=specs["top1"][0])
         codes = np.empty((n, self.M), dtype=self._code_dtype())
+        k, step = self._residual_k(self._classes), self.config["residual_step"]
+        if k:
+            res_ids = np.empty((n, k), dtype=specs["residual_ids"][0])
+            res_levels = np.empty((n, k), dtype=np.uint8)
+            res_tail = np.empty((n, 1), dtype=np.uint8)
         br = self._batch_rows()
         fast = self._fast_for(dev)
         with torch.no_grad():
             for i in range(0, n, br):
                 x = _to_logits(labels[i:i + br].to(dev), ctx.source_kind)
                 xmax, c = x.max(dim=1, keepdim=True)
+                lp = torch.log_softmax(x, dim=1).clamp_min(RESIDUAL_LOG_FLOOR) if k else None
                 b = self._bias_rows(_rows_ctx(ctx, i, x.shape[0]), x.shape[0], dev)
                 if b is not None:
                     x = torch.log_softmax(x, dim=1) - b
@@ -311,10 +350,20 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
                 z = fast(idx)
                 if b is not None:
                     z += b
+                if k:   # the classes the decoder gets most wrong, against its own log-probabilities
+                    a = torch.log_softmax(z, dim=1)
+                    ids, res, tail = encode_residual(lp, a, k, step)
+                    z = decode_logits(a, ids, res, tail, step)
+                    res_ids[i:i + br] = ids.cpu().numpy()
+                    res_levels[i:i + br] = (res + MAX_LEVEL).cpu().numpy()
+                    res_tail[i:i + br] = (tail + MAX_LEVEL).cpu().numpy()
                 top1[i:i + br, 0] = top1_symbols(z, c).cpu().numpy()
                 if ctx.progress:
                     ctx.progress(min(n, i + br), n, "vq encode")
-        return {"top1": top1, "codes": codes}
+        out = {"top1": top1, "codes": codes}
+        if k:
+            out.update(residual_ids=res_ids, residual_levels=res_levels, residual_tail=res_tail)
+        return out
 
     def _batch_rows(self):
         """Rows per encode/decode batch: ``batch_rows``, capped so that a [rows, C] float32 block (and a
@@ -342,6 +391,8 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
             raise ConfigError("vq: a stored param_dtype must be int8, float16 or float32, not auto")
         if "image_bias_k" in config and config["image_bias"] != "sparse":
             raise ConfigError("vq: image_bias_k is stored only with image_bias=sparse")
+        if "residual_k" in config and not config["residual_k"] or "residual_step" in config and "residual_k" not in config:
+            raise ConfigError("vq: residual_k and residual_step are stored only with a residual (residual_k >= 1)")
         return cls(**config)
 
     def validate_streams(self, streams, classes):
@@ -352,6 +403,21 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
         if v.size and (int(v.max()) >= TOP1_RANKS + classes
                        or bool(((v >= classes) & (v < TOP1_RANKS)).any())):
             raise FormatError("vq: top1 value out of range", rule=rules.CODEC_STREAMS)
+        if "residual_ids" in streams:
+            self._check_residual(np.asarray(streams["residual_ids"]), np.asarray(streams["residual_levels"]),
+                                 np.asarray(streams["residual_tail"]), classes)
+
+    @staticmethod
+    def _check_residual(ids, levels, tail, classes):
+        """The residual streams' rules (format 1.8): ids < C and no class twice in a row, levels <= 254."""
+        if ids.size and int(ids.max()) >= classes:
+            raise FormatError(f"vq: residual class id {int(ids.max())} out of range (classes={classes})",
+                              rule=rules.CODEC_STREAMS)
+        if ids.ndim == 2 and ids.shape[1] > 1 and bool((np.diff(np.sort(ids, axis=1), axis=1) == 0).any()):
+            raise FormatError("vq: a label lists the same residual class twice", rule=rules.CODEC_STREAMS)
+        for name, v in (("residual_levels", levels), ("residual_tail", tail)):
+            if v.size and int(v.max()) > 2 * MAX_LEVEL:
+                raise FormatError(f"vq: {name} value {int(v.max())} is not a level (0..254)", rule=rules.CODEC_STREAMS)
 
     def decode(self, streams, ctx: Context):
         if self._dec is None:
@@ -368,6 +434,23 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
                   or int(v.min()) < 0 or int(v.max()) >= TOP1_RANKS + self._classes
                   or bool(((v >= self._classes) & (v < TOP1_RANKS)).any())):
             raise FormatError("vq: stream value out of range", rule=rules.CODEC_STREAMS)
+        k, step = self._residual_k(self._classes), self.config["residual_step"]
+        if k:
+            try:
+                r_ids, r_lev, r_tail = (torch.as_tensor(streams[name]) for name in
+                                        ("residual_ids", "residual_levels", "residual_tail"))
+            except KeyError as exc:
+                raise FormatError(f"vq: stream {exc} is missing (the config has residual_k={k})",
+                                  rule=rules.CODEC_STREAMS) from None
+            if r_ids.shape != (n, k) or r_lev.shape != (n, k) or r_tail.shape != (n, 1):
+                raise FormatError(f"vq: residual streams are {list(r_ids.shape)}, {list(r_lev.shape)}, "
+                                  f"{list(r_tail.shape)}, expected [{n}, {k}], [{n}, {k}], [{n}, 1]",
+                                  rule=rules.CODEC_STREAMS)
+            if n and not ctx.streams_checked:
+                self._check_residual(r_ids.cpu().numpy(), r_lev.cpu().numpy(), r_tail.cpu().numpy(), self._classes)
+            r_ids = r_ids.to(dev).long()
+            r_lev = r_lev.to(dev, torch.float32) - MAX_LEVEL
+            r_tail = r_tail.to(dev, torch.float32) - MAX_LEVEL
         fast = self._fast_for(dev)
         out = torch.empty((n, self._classes), dtype=torch.float32, device=dev)
         br = self._batch_rows()
@@ -378,8 +461,11 @@ class VQCodec(ImagePriorMixin, FittingMixin, Codec):
             b = self._bias_rows(_rows_ctx(ctx, i, z.shape[0]), z.shape[0], dev)
             if b is not None:
                 z += b
+            if k:   # format 1.8: the residual, on the decoder's log-probabilities
+                s = slice(i, i + z.shape[0])
+                z.copy_(decode_logits(torch.log_softmax(z, dim=1), r_ids[s], r_lev[s], r_tail[s], step))
             lift_cpu = dev.type == "cpu" and self.config["top1_rule"] == "lift" and z.is_contiguous()
-            if lift_cpu and b is None and fast.ranked_np is not None:
+            if lift_cpu and b is None and not k and fast.ranked_np is not None:
                 fast.lift_top1(z, rows, v[i:i + br], margin)
             elif lift_cpu:
                 _apply_top1_lift_cpu(z, v[i:i + br], margin)
