@@ -42,7 +42,7 @@ REFERENCES = {
     # the quick run has no file of the whole set: its fit part, images 0-29 (9,000 of the 12,000 labels)
     "lite0_40x300.npy": [("rd_quick_imagenet.json", {"part": "fit"})],
     "lite0_120x300.npy": [("rd_imagenet.json", {"part": "all"})],
-    "corpus_small.npy": [("corpus_rd_small.json", {"part": "all"})],
+    "corpus_small.npy": [("corpus_rd_small.json", {"part": "all"}), ("vq_residual_small.json", {})],
     "fmnist_ipc10_logits.npy": [("simple_codecs_fmnist.json", {})],
     "lm3_10k.npy": [("rd_lm3.json", {"part": "fit"})],
     # no rate-distortion run has these labels (the 1-thread teacher set): section 4's no-flag file of them
@@ -53,6 +53,8 @@ REFERENCES = {
 def _as_rd_row(row: dict) -> dict:
     """A ``benchmarks/downstream.py`` row of its ``noflag`` variant as a rate-distortion row (the file
     the no-flag encode wrote then, its fidelity measured on all its labels)."""
+    if "kl" in row and "kl_T1" not in row:   # a benchmarks/vq_residual.py row (vq with a residual, format 1.8)
+        row = dict(row, kl_T1=row["kl"]["1"], kl_T4=row["kl"]["4"])
     if "noflag" not in row:
         return row
     nf = row["noflag"]
