@@ -130,8 +130,9 @@ def cmd_run(args) -> int:
             print(name, "noflag", json.dumps({k: rec["noflag"].get(k) for k in
                                              ("codec", "codec_config", "bits_per_label", "wall_s", "cpu_s")}),
                   flush=True)
-            # saved before the (long, at large C) --codec vq run, so that stopping it keeps the no-flag row
-            rec["git"] = git_state()
+            # saved before the (long, at large C) --codec vq run, so that stopping it keeps the no-flag row;
+            # the package measured by each run (a shared tree can change between them)
+            rec["noflag"]["git"] = rec["git"] = git_state()
             old["sets"][name] = rec
             Path(args.json).write_text(json.dumps(old, indent=1) + "\n")
             if not args.no_vq:
