@@ -12,8 +12,12 @@ The corpus (``benchmarks/data/imagenet_corpus.py``: EfficientNet-Lite0 logits, F
               so at this scale most labels are outside the fit sample). Each encode runs in a child
               process reading the memory-mapped ``.npy``; its wall time and peak RSS (``wait4``) are reported.
 ``held-out``  (``--heldout``) codecs with learned parameters (``vq``, ``sparse``, ``sq``) fitted on
-              the first 80% of the images and used, unchanged, for a file of the other 20%
-              (``rate_distortion.write_with_codec``).
+              the first 80% of the images (as ``slcodec.encode`` fits: image statistics, default fit
+              sample) and used, unchanged, for a file of the other 20% (``Writer.use_fitted``). vq's
+              per-image prior is per-image data of the file: the held-out file's is built from the
+              held-out images' own labels, as an encode of them builds it (checked in the file).
+              Configurations differing only in encode-only options (``residual_k``) share one fit.
+              The ``all`` part reports the same images inside the file of every label (``tail_*``).
 
 Simple methods are slcodec codecs since issue 15: ``imgprior`` (per-image mean log-probabilities
 stored once per image, uint8 companded, + a per-view top-k residual; ``k = 0``: the mean + a stored
@@ -51,11 +55,14 @@ from slcodec.codecs import get_codec_class  # noqa: E402
 from slcodec.codecs.base import Context  # noqa: E402
 from slcodec.format.container import Container  # noqa: E402
 from slcodec.format.stats import file_stats  # noqa: E402
+from slcodec.pipeline.rows import RowReader, fit_rows  # noqa: E402
+from slcodec.pipeline.statistics import compute_fit_statistics, image_mean_log_probs  # noqa: E402
 
 TEMPS = (1, 4, 20)
 
 # (codec, label, options) of the slcodec codecs
 CODECS = ([("vq", "default", {}),
+           ("vq", "residual_k=2", {"residual_k": 2}),
            ("vq", "bits=16 hidden=64 layers=0", {"bits": 16, "hidden": 64, "decoder_layers": 0}),
            ("vq", "image_bias=on", {"image_bias": "on"})]
           + [("sparse", f"k={k}", {"k": k}) for k in (1, 2, 5, 20)]
@@ -188,36 +195,120 @@ def run_all_part(src: Path, x: np.ndarray, only, log, configs=None, blob_rows: i
     return rows
 
 
-def run_heldout_part(x: np.ndarray, only, log, configs=None) -> list[dict]:
-    """Fit on the first 80% of the images, write the other 20% with the same parameters."""
-    from rate_distortion import write_with_codec
+def fit_on_images(x: np.ndarray, codec_id: str, opts: dict, seed: int = 0):
+    """``codec_id`` fitted as :func:`slcodec.encode` fits it for a file of the images ``x``
+    ([images, views, C], may be memory-mapped): the whole-input statistics it asks for (vq's image
+    means for its prior) over every label of those images, then its default fit sample of evenly
+    spaced rows with their label indices.  Nothing is written; the fitted codec is returned."""
+    I, V, C = x.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        w = slcodec.Writer(os.path.join(tmp, "fit.vqsl"), codec_id, classes=C, shape=[I, V], seed=seed, **opts)
+        try:
+            with RowReader(x.reshape(I * V, C)) as reader:
+                wanted = w.codec.fit_statistics(w.shape, C)
+                for name, value in compute_fit_statistics(wanted, reader, w.shape, "logits", 16384, 0,
+                                                          reader.n).items():
+                    w.set_fit_statistic(name, value)
+                idx = fit_rows(reader.n, w.fit_sample)
+                w.fit(reader.take(idx), rows=idx)
+            return w.codec
+        finally:
+            w.abort()
 
+
+def prior_for_images(codec, held: np.ndarray, shape) -> np.ndarray | None:
+    """Give a fitted ``vq`` whose image prior is on the prior of the images ``held`` ([n, C] rows of
+    ``shape`` = [images, views]) from their own labels, as :func:`slcodec.encode` builds it for a file
+    of those images (the prior is per image, stored in the file: the fit's table describes the fitted
+    images, not these).  The learned parameters are unchanged.  Returns the images' mean
+    log-probabilities (None where the codec has no prior)."""
+    if codec.codec_id != "vq":
+        if codec.fit_statistics(tuple(shape), held.shape[1]):
+            raise SystemExit(f"held-out part: codec {codec.codec_id!r} needs image statistics; only vq's prior "
+                             "is rebuilt for the held-out images")
+        return None
+    if codec.config["image_bias"] not in ("on", "sparse"):
+        return None
+    means = image_mean_log_probs(RowReader(held), shape, "logits")
+    codec.set_image_means(means)
+    # the prior's own set-up (the mode is already resolved by the fit; no fit rows are involved)
+    codec._resolve_image_bias(Context(source_kind="logits", classes=held.shape[1], device="cpu",
+                                      label_shape=tuple(shape), rows=np.empty(0, np.int64)), held.shape[1], 0)
+    return means
+
+
+def write_fitted(path: str, codec, rows: np.ndarray, shape, C: int) -> None:
+    """A .vqsl file of ``rows`` written by a Writer that encodes with the fitted ``codec`` (no refit)."""
+    w = slcodec.Writer(path, codec.codec_id, classes=C, shape=list(shape), seed=0)
+    try:
+        w.use_fitted(codec)
+        for s in range(0, len(rows), 4096):
+            w.append(rows[s:s + 4096])
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def check_heldout_prior(path: str, means: np.ndarray | None, codec) -> str:
+    """The prior stored in the held-out file is the one of the held-out images' own means (raises
+    otherwise); returns what the row records."""
+    with slcodec.open(path) as r:
+        stored = r.codec.get_params()
+    mode = codec.config.get("image_bias")
+    if means is None:
+        if any(k.startswith("image_prior") or k == "image_bias" for k in stored):
+            raise SystemExit(f"{path}: a prior is stored but none was built for the held-out images")
+        return "off"
+    if mode == "sparse":
+        from slcodec.codecs.vq.prior import quantise_sparse_prior
+        want = quantise_sparse_prior(np.maximum(means, np.float32(-1e4)), codec.config["image_bias_k"],
+                                     codec._table_dtype())
+        if any(not np.array_equal(stored[k], v) for k, v in want.items()):
+            raise SystemExit(f"{path}: the stored sparse prior is not the held-out images' own")
+        return f"sparse k={codec.config['image_bias_k']}, held-out images' own means"
+    if stored["image_bias"].shape != means.shape:
+        raise SystemExit(f"{path}: the stored image_bias is not one row per held-out image")
+    return "on, held-out images' own means"
+
+
+def run_heldout_part(x: np.ndarray, only, log, configs=None) -> list[dict]:
+    """Fit on the first 80% of the images (as slcodec.encode would for a file of them: image statistics
+    of all their labels, the default fit sample), write the other 20% with the same learned
+    parameters.  A per-image prior (vq's image_bias) is per image data stored in the file, so the
+    held-out file's prior is built from the held-out images' own labels, as an encode of them would.
+    Configurations that differ only in encode-only options (vq's residual_k) share one fit."""
     I, V, C = x.shape
     nfit = int(round(0.8 * I))
-    fit_all = x[:nfit].reshape(-1, C)          # memory-mapped: only the fit sample is read
     held = np.asarray(x[nfit:], dtype=np.float32).reshape(-1, C)
     rows = []
+    fitted_key = fitted = fit_s = means = None
     with tempfile.TemporaryDirectory() as tmp:
         for codec_id, label, opts in CODECS:
             if codec_id not in HELDOUT or (only and codec_id not in only) or opts.get("image_bias") == "on" \
                     or (configs and label not in configs):
                 continue
-            codec = get_codec_class(codec_id)(**opts)
-            ctx = Context(source_kind="logits", classes=C, device="cpu", seed=0)
-            # the codec's default fit sample: evenly spaced rows of the fitted images
-            n_fit = min(len(fit_all), int(getattr(codec, "config", {}).get("fit_sample", 100_000)))
-            sample = np.asarray(fit_all[np.linspace(0, len(fit_all) - 1, n_fit).round().astype(np.int64)],
-                                dtype=np.float32)
-            t0 = time.perf_counter()
-            codec.fit(torch.from_numpy(sample), ctx)
-            fit_s = time.perf_counter() - t0
-            del sample
+            enc_only = get_codec_class(codec_id).encode_only_options
+            fit_opts = {k: v for k, v in opts.items() if k not in enc_only}
+            key = (codec_id, json.dumps(fit_opts, sort_keys=True))
+            if key != fitted_key:
+                fitted = None
+                t0 = time.perf_counter()
+                fitted = fit_on_images(x[:nfit], codec_id, fit_opts)
+                fit_s = time.perf_counter() - t0
+                means = prior_for_images(fitted, held, [I - nfit, V])
+                fitted_key = key
+            enc = {k: v for k, v in opts.items() if k in enc_only}
+            codec = fitted.with_options(**enc) if enc else fitted
             path = os.path.join(tmp, "h.vqsl")
             t1 = time.perf_counter()
-            write_with_codec(path, codec, held, [I - nfit, V], opts, C)
+            write_fitted(path, codec, held, [I - nfit, V], C)
+            enc_s = time.perf_counter() - t1
+            prior = check_heldout_prior(path, means, codec)
             row = {"part": "held-out", "method": f"slcodec {codec_id}", "config": label, "labels": len(held),
-                   **measure(path, held), "fit_s": round(fit_s, 1),
-                   "encode_s": round(time.perf_counter() - t1, 1), "peak_rss_mib": None}
+                   **measure(path, held), "fit_s": round(fit_s, 1), "fit_images": nfit, "image_prior": prior,
+                   "encode_s": round(enc_s, 1), "peak_rss_mib": None}
+            os.remove(path)
             rows.append(row)
             log(row)
     return rows
