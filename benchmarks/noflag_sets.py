@@ -43,6 +43,7 @@ REFERENCES = {
     "lite0_40x300.npy": [("rd_quick_imagenet.json", {"part": "fit"})],
     "lite0_120x300.npy": [("rd_imagenet.json", {"part": "all"})],
     "corpus_small.npy": [("corpus_rd_small.json", {"part": "all"}), ("vq_residual_small.json", {})],
+    "corpus_full.npy": [("corpus_rd_full.json", {"part": "all"}), ("vq_residual_full.json", {})],
     "fmnist_ipc10_logits.npy": [("simple_codecs_fmnist.json", {})],
     "lm3_10k.npy": [("rd_lm3.json", {"part": "fit"})],
     # no rate-distortion run has these labels (the 1-thread teacher set): section 4's no-flag file of them
